@@ -1,6 +1,7 @@
 """Helpers of the tests of fmo gates on a toy tube kind (CD3 and PD1, linear scales): the strategy, a tube of
 given events and the engine run on a stained tube and its PD1 FMO (``tests/test_undetermined.py``,
-``tests/test_report_plots.py``)."""
+``tests/test_report_plots.py``); the FoxP3 tubes of the quantile-carry tests, linear units
+(``tests/test_fmo_gates_simulated.py``, ``tests/test_undetermined.py``)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -49,3 +50,36 @@ def fmo_toy(stained_pd1: Callable[[np.random.Generator, int], np.ndarray]):
     state, control = gate_tube_kind(parse_strategy(HELD_FMO_STRATEGY, "toy.yaml"), [stained, fmo])
     [threshold] = state.thresholds
     return state, stained.data["PD1"][state.masks["CD3+"]], fmo.data["PD1"][control.masks["CD3+"]], threshold
+
+
+def treg_populations(rng, binding=(150.0, 0.7), treg_median=900.0):
+    """A simulator of FoxP3 tubes for the quantile-carry tests: ``population(n, share)`` draws n cells,
+    ``share`` of them FoxP3+ (log-normal, median ``treg_median`` linear units, log-SD 0.45), every cell
+    with the same background (autofluorescence SD 60 plus spillover spread SD 100) and the same heavy
+    right-skewed binding in the stained tube (log-normal, ``binding`` = (median, log-SD)); returns (FMO
+    events, stained events, the stained negatives)."""
+    added = lambda n: binding[0] * np.exp(binding[1] * rng.standard_normal(n))   # noqa: E731
+    background = lambda n: rng.normal(0.0, 60.0, n) + rng.normal(0.0, 100.0, n)   # noqa: E731
+
+    def population(n, share):
+        k = int(n * share)
+        stained = np.concatenate([background(n - k) + added(n - k),
+                                  rng.lognormal(np.log(treg_median), 0.45, k) + background(k) + added(k)])
+        return background(n), stained, stained[: n - k]
+
+    return population
+
+
+def treg_parent(seed):
+    """The CD4+ parent of the quantile-carry self-check tests, drawn first from ``treg_populations``
+    (8000 cells, 10 % FoxP3+): (the logicle, ``population`` for the references drawn next, the parent's
+    FMO events, its stained events transformed, ``points(cut)`` = percentage points of the parent
+    above ``cut`` minus above the ideal cut, the 99.5th percentile of its stained negatives)."""
+    from tilpheno.transforms import Logicle
+
+    tr = Logicle()
+    population = treg_populations(np.random.default_rng(seed))
+    fmo, stained, neg = population(8000, 0.10)
+    ideal = tr.apply(np.array([np.percentile(neg, 99.5)]))[0]
+    s = tr.apply(stained)
+    return tr, population, fmo, s, lambda cut: 100.0 * (np.mean(s > cut) - np.mean(s > ideal))

@@ -1,7 +1,8 @@
 """Fixtures of the review-app tests: a processed output folder (two sample products) and a
 database per backend: SQLite always, PostgreSQL when reachable (``TILPHENO_TEST_PG_URL``, else the
 URL that ``.ci/review-services.sh`` wrote to ``.ci/pg_url``). In CI (``TILPHENO_REQUIRE_PG=1``)
-an unreachable PostgreSQL fails the tests instead of skipping them."""
+an unreachable PostgreSQL fails the tests instead of skipping them. Also a login on a Flask test client and
+the certificate of analysis as pdftotext reads it."""
 from __future__ import annotations
 
 import os
@@ -236,3 +237,36 @@ def fresh_service(request, source3, tmp_path):
     """A review service over :func:`source3` with a new, empty database per test (users as :func:`service_on`)."""
     with service_on(request.param, tmp_path, source3) as svc:
         yield svc
+
+
+def login(app, name):
+    """``name`` logged in on a Flask test client of ``app`` (the login form's CSRF token posted): (the client,
+    the header carrying the session's CSRF token, the login's answer)."""
+    import re
+
+    c = app.test_client()
+    page = c.get("/login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    r = c.post("/login", data={"username": name, "password": PASSWORDS[name], "csrf_token": csrf, "next": "/"})
+    assert r.status_code == 302, r.text
+    home = c.get("/")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', home.text).group(1)
+    return c, {"X-CSRF-Token": token}, r
+
+
+def certificate_text(service, tmp_path: Path, issued=None, pid: str = "TIL001") -> tuple[str, str]:
+    """The certificate of ``pid`` as pdftotext reads it: ``(flowing text with the lines that end in
+    '_', '-', '.' or '/' joined to the next, the text laid out as printed, pages split by form
+    feeds)``; skips without poppler-utils."""
+    import re
+    import subprocess
+
+    from tilpheno.review import certificate
+
+    if not shutil.which("pdftotext"):
+        pytest.skip("poppler-utils not installed (`make services` installs it): the PDF's text not checked")
+    pdf = tmp_path / "c.pdf"
+    pdf.write_bytes(certificate.certificate_pdf(service, pid, issued))
+    flowing, layout = (subprocess.run(["pdftotext", *options, str(pdf), "-"], check=True, capture_output=True,
+                                      text=True).stdout for options in ([], ["-layout"]))
+    return re.sub(r"(?<=[_\-./])\n", "", flowing), layout

@@ -588,7 +588,7 @@ def test_a_control_replaced_after_its_estimate_is_hashed_again_next_run(tmp_path
     from tilpheno.provenance import sha256_file
     from tilpheno.simulate.cohort import simulate_product, write_product
     from tilpheno.simulate.controls import simulate_controls
-    from test_control_settings import edited_copy, raw_text
+    from control_support import edited_copy, raw_text
 
     folder = tmp_path / "in"
     write_product(simulate_product("TIL001", 21, 4000), folder)

@@ -15,64 +15,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from control_support import CONTROL, VIABILITY, live_dead_product, live_dead_strategy
 from tilpheno.errors import StrategyError
 from tilpheno.gates.checks import needs_review
-from tilpheno.gates.strategy import default_strategy_paths, load_strategy, parse_strategy
+from tilpheno.gates.strategy import default_strategy_paths, load_strategy
 from tilpheno.phenotype import analyze_product
-from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
-from tilpheno.simulate.phenomena import Phenomena
-
-VIABILITY = """
-strategy: viability
-tube: surface
-markers: [7AAD]
-acquisition_qc: {{mode: "off"}}
-transforms:
-  FSC-A: {{kind: linear}}
-  FSC-H: {{kind: linear}}
-  SSC-A: {{kind: linear}}
-  7AAD: {{kind: logicle, t: 262144, w: 0.5, m: 4.5, a: 0}}
-populations:
-  - name: cells
-    parent: root
-    dims: [FSC-A, SSC-A]
-    method: cells
-  - name: singlets
-    parent: cells
-    dims: [FSC-A, FSC-H]
-    method: singlets
-  - name: dead
-    parent: singlets
-    dims: [7AAD]
-    method: fmo
-    params: {params}
-  - name: live
-    parent: singlets
-    expression: "!dead"
-variables:
-  viability_pct: {{numerator: live, denominator: singlets}}
-"""
-CONTROL = "{control: unstained, rule: relative}"
-DIM_DEAD = Phenomena(dim_dead=0.35, spread={"PD1": 60.0})
-
-
-def _product(tmp_path, seed, phen=DIM_DEAD, unstained=True):
-    prod = simulate_product(f"D{seed}", seed, 20000, phenomena=phen)
-    write_product(prod, tmp_path)
-    manifest = pd.DataFrame(manifest_rows(prod))
-    manifest["file"] = [str(tmp_path / f) for f in manifest["file"]]
-    if not unstained:
-        manifest = manifest[manifest["role"] != "unstained"]
-    return prod, manifest
-
-
-def _viability(params: str = CONTROL):
-    return parse_strategy(VIABILITY.format(params=params), "viability.yaml")
 
 
 def test_unstained_control_sets_the_dead_cut_and_counts_dim_dead_cells(tmp_path):
-    prod, manifest = _product(tmp_path, 93050)
-    result = analyze_product(prod.product_id, manifest, [_viability()])
+    prod, manifest = live_dead_product(tmp_path, 93050)
+    result = analyze_product(prod.product_id, manifest, [live_dead_strategy()])
     error = result.phenotype["viability_pct"] - prod.truth["viability_pct"]
     assert abs(error) < 1.0, error   # 40 development products (91001-91040): mean |error| 0.36, worst 0.80
     stained = next(t for t in result.tubes if t.role == "stain")
@@ -87,8 +39,8 @@ def test_unstained_control_sets_the_dead_cut_and_counts_dim_dead_cells(tmp_path)
 
 
 def test_without_an_unstained_control_the_cut_falls_back_and_asks_for_review(tmp_path):
-    prod, manifest = _product(tmp_path, 93051, unstained=False)
-    result = analyze_product(prod.product_id, manifest, [_viability()])
+    prod, manifest = live_dead_product(tmp_path, 93051, unstained=False)
+    result = analyze_product(prod.product_id, manifest, [live_dead_strategy()])
     codes = {f.code for f in result.qc if needs_review(f) and f.message.startswith("dead (7AAD)")}
     assert codes == {"missing_control", "fallback_gate"}
     message = next(f.message for f in result.qc if f.code == "missing_control")
@@ -98,14 +50,14 @@ def test_without_an_unstained_control_the_cut_falls_back_and_asks_for_review(tmp
 
 def test_the_bundled_strategies_do_not_gate_the_unstained_control(tmp_path):
     """Only a strategy that names the unstained control as a gate's control gates it."""
-    prod, manifest = _product(tmp_path, 93051, phen=None)
+    prod, manifest = live_dead_product(tmp_path, 93051, phen=None)
     result = analyze_product(prod.product_id, manifest, [load_strategy(p) for p in default_strategy_paths()])
     assert {t.role for t in result.tubes} == {"stain", "fmo"}
 
 
 def test_an_unknown_control_is_refused_with_the_line():
     with pytest.raises(StrategyError, match=r"viability.yaml:\d+: .*'control' must be one of \['fmo', 'unstained'\]"):
-        _viability("{control: beads}")
+        live_dead_strategy("{control: beads}")
 
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_fcs"
@@ -181,7 +133,7 @@ def test_the_object_model_takes_the_unstained_control_and_agrees_with_the_pipeli
     viability as ``analyze_product`` on the same files."""
     import tilpheno as tp
 
-    strategy = _viability()
+    strategy = live_dead_strategy()
     stained = tp.Sample.from_fcs(SAMPLE / "TIL001_surface_stain.fcs", strategy)
     control = tp.Sample.from_fcs(SAMPLE / "TIL001_unstained.fcs", strategy, unstained=True, stained=stained)
     assert control.role == "unstained"
@@ -204,8 +156,8 @@ def test_the_checks_on_a_control_gated_cut_name_the_unstained_control(tmp_path):
     FMO's ... the threshold carried over from the FMO', 'stained vs FMO'), though no FMO set its cut -> they name
     the unstained control. D93050's dead cut with shift_warning 0 (every shift of the live peak beyond it, so
     negative_shift fires as on a real shift; its code and the cut unchanged by the wording)."""
-    prod, manifest = _product(tmp_path, 93050)
-    result = analyze_product(prod.product_id, manifest, [_viability("{control: unstained, rule: relative, shift_warning: 0.0}")])
+    prod, manifest = live_dead_product(tmp_path, 93050)
+    result = analyze_product(prod.product_id, manifest, [live_dead_strategy("{control: unstained, rule: relative, shift_warning: 0.0}")])
     [flag] = [f for f in result.qc if f.gate == "dead" and f.code == "negative_shift"]
     assert "FMO" not in flag.message, flag
     assert "transformed units from the unstained control's and" in flag.message, flag

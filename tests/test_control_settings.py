@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from control_support import edited_copy, raw_text
 from tilpheno.control_settings import compare_settings, control_flags
 from tilpheno.errors import FCSReadError
 from tilpheno.gates.strategy import default_strategy_paths, load_strategy
@@ -21,21 +22,6 @@ SAMPLE = ROOT / "sample_fcs"
 ATLAS = Path(__file__).parent / "data" / "realdata_flowatlas"
 CORPUS = Path(__file__).parent / "data" / "fcs"
 CODES = ("control_settings_differ", "control_instrument_differs", "control_date_differs")
-
-
-def edited_copy(source: Path, folder: Path, keyword: str, old: str, new: str) -> Path:
-    """A copy of ``source`` in ``folder`` (same name) whose TEXT keyword ``keyword`` reads ``new``
-    instead of ``old`` (same length: no offset moves)."""
-    assert len(old) == len(new)
-    raw = source.read_bytes()
-    text_start = int(raw[10:18])   # HEADER: TEXT's first byte is the delimiter
-    delimiter = raw[text_start:text_start + 1]
-    before = delimiter + keyword.encode() + delimiter + old.encode() + delimiter
-    assert raw.count(before) == 1, (source, keyword)
-    folder.mkdir(parents=True, exist_ok=True)
-    out = folder / source.name
-    out.write_bytes(raw.replace(before, delimiter + keyword.encode() + delimiter + new.encode() + delimiter))
-    return out
 
 
 def renamed_keyword_copy(source: Path, folder: Path, old: str, new: str) -> Path:
@@ -91,14 +77,6 @@ def test_the_sample_controls_acquired_alike_raise_nothing():
 
 STAINED = ATLAS / "fcs" / "412C_mLN_026.fcs"
 CONTROL = ATLAS / "unstained" / "412C__412C_unst_022.cleaned.fcs"
-
-
-def raw_text(path: Path) -> dict[str, str]:
-    """TEXT keywords read from the bytes here (no escaped delimiters in these files), not by tilpheno."""
-    raw = path.read_bytes()
-    start, stop = int(raw[10:18]), int(raw[18:26])
-    parts = raw[start + 1:stop + 1].decode("latin-1").split(raw[start:start + 1].decode())
-    return dict(zip(parts[0::2], parts[1::2]))
 
 
 def ranges(path: Path) -> dict[str, str]:

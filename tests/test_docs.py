@@ -4,7 +4,7 @@ tests/test_cli_help.py)."""
 import re
 from pathlib import Path
 
-from test_layers import LAYERS
+from layers_support import LAYERS
 
 from tilpheno.qc import FAILURE_CODES, REVIEW_CODES
 
@@ -44,7 +44,7 @@ def _design_layers() -> dict[str, int]:
 
 
 def test_design_layer_table_is_the_tested_layers():
-    """Every module tests/test_layers.py places is in docs/design.md's table at that layer (the table
+    """Every module tests/layers_support.py places is in docs/design.md's table at that layer (the table
     had lost io/workbook and control_settings, and its row 9 stood outside it)."""
     design = _design_layers()
     tested = {name: int(layer) for name, layer in LAYERS.items()

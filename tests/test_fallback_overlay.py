@@ -148,12 +148,12 @@ def test_the_overlay_of_a_gate_with_control_unstained_names_the_unstained_contro
     'FMO vs stained histogram', though no FMO set it (only its threshold line said 'unstained control') -> legend,
     caption and alt name the unstained control; its grey histogram is the control's singlets (the control tube's
     own mask, as before)."""
-    from test_control_live_dead import _product, _viability
+    from control_support import live_dead_product, live_dead_strategy
 
     from tilpheno.report.product import fmo_figures
 
-    prod, manifest = _product(tmp_path, 168903)
-    result = analyze_product(prod.product_id, manifest, [_viability()])
+    prod, manifest = live_dead_product(tmp_path, 168903)
+    result = analyze_product(prod.product_id, manifest, [live_dead_strategy()])
     [figure] = fmo_figures(result, 99.5)
     [control] = [t for t in result.tubes if t.role == "unstained"]
     [stained] = [t for t in result.tubes if t.role == "stain"]

@@ -19,6 +19,7 @@ from tilpheno.gates.strategy import default_strategy_paths, load_strategy
 from tilpheno.phenotype import analyze_product
 from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
 from tilpheno.simulate.phenomena import Phenomena
+from fmo_support import treg_parent, treg_populations
 
 PD1_GATES = {"pd1_pct_of_live_lymph": "PD1+", "cd8pd1_pct_of_cd8": "CD8+PD1+", "cd8pd1_pct_of_cd3": "CD8+PD1+"}
 ALL = {**PD1_GATES, "cd4foxp3_pct_of_cd4": "CD4+FoxP3+"}
@@ -355,39 +356,6 @@ def test_referenced_cut_is_judged_by_its_own_sampling_error_not_by_the_parents_u
     assert flags and flags[0].severity == "warning" and "95 % interval of the reference reading" in flags[0].message
 
 
-def _treg_populations(rng, binding=(150.0, 0.7), treg_median=900.0):
-    """A simulator of FoxP3 tubes for the quantile-carry tests: ``population(n, share)`` draws n cells,
-    ``share`` of them FoxP3+ (log-normal, median ``treg_median`` linear units, log-SD 0.45), every cell
-    with the same background (autofluorescence SD 60 plus spillover spread SD 100) and the same heavy
-    right-skewed binding in the stained tube (log-normal, ``binding`` = (median, log-SD)); returns (FMO
-    events, stained events, the stained negatives)."""
-    added = lambda n: binding[0] * np.exp(binding[1] * rng.standard_normal(n))   # noqa: E731
-    background = lambda n: rng.normal(0.0, 60.0, n) + rng.normal(0.0, 100.0, n)   # noqa: E731
-
-    def population(n, share):
-        k = int(n * share)
-        stained = np.concatenate([background(n - k) + added(n - k),
-                                  rng.lognormal(np.log(treg_median), 0.45, k) + background(k) + added(k)])
-        return background(n), stained, stained[: n - k]
-
-    return population
-
-
-def _treg_parent(seed):
-    """The CD4+ parent of the quantile-carry self-check tests, drawn first from ``_treg_populations``
-    (8000 cells, 10 % FoxP3+): (the logicle, ``population`` for the references drawn next, the parent's
-    FMO events, its stained events transformed, ``points(cut)`` = percentage points of the parent
-    above ``cut`` minus above the ideal cut, the 99.5th percentile of its stained negatives)."""
-    from tilpheno.transforms import Logicle
-
-    tr = Logicle()
-    population = _treg_populations(np.random.default_rng(seed))
-    fmo, stained, neg = population(8000, 0.10)
-    ideal = tr.apply(np.array([np.percentile(neg, 99.5)]))[0]
-    s = tr.apply(stained)
-    return tr, population, fmo, s, lambda cut: 100.0 * (np.mean(s > cut) - np.mean(s > ideal))
-
-
 def test_quantile_carry_reads_the_parents_negative_tail_on_a_matched_reference():
     """reference_carry quantile (round 7, FoxP3): the parent's FMO 99.5th percentile moved by the
     reference's own stained - FMO 99.5th percentile (linear units). A CD4+ parent (10 % dim FoxP3+
@@ -403,7 +371,7 @@ def test_quantile_carry_reads_the_parents_negative_tail_on_a_matched_reference()
 
     rng = np.random.default_rng(93030)
     tr = Logicle()
-    population = _treg_populations(rng)
+    population = treg_populations(rng)
 
     ref_fmo, ref_stained, _ = population(10000, 0.0)
     fmo, stained, neg = population(8000, 0.10)
@@ -438,7 +406,7 @@ def test_quantile_carry_flags_a_reference_with_positives_in_it():
     carry-over of the FMO percentile."""
     from tilpheno.gates import checks
 
-    tr, population, fmo, s, points = _treg_parent(93031)
+    tr, population, fmo, s, points = treg_parent(93031)
     err = lambda p: points(p.diagnostics["threshold"])   # noqa: E731
     kw = dict(percentile=99.5, source_file="", transform=tr, rule="relative", width_side="mid", reference_carry="quantile")
     results = {}
@@ -514,7 +482,7 @@ def test_reference_positives_estimates_the_positive_share_and_the_cut_without_th
     None."""
     from tilpheno.gates import checks
 
-    tr, population, fmo, s, points = _treg_parent(93040)
+    tr, population, fmo, s, points = treg_parent(93040)
     for share in (0.0, 0.02, 0.04):
         ref_fmo, ref_stained, _ = population(10000, share)
         f, rf, rs = tr.apply(fmo), tr.apply(ref_fmo), tr.apply(ref_stained)
@@ -535,7 +503,7 @@ def test_reference_positives_estimates_the_positive_share_and_the_cut_without_th
 def test_quantile_carry_checks_do_not_flag_a_binding_tail_that_a_lognormal_fit_explains():
     """Stop 43 (issue 13, false alarms): the two reference-positives checks of a quantile-carry cut read
     a heavy log-normal binding tail as FoxP3+ cells in the reference. Known truth, 10 seeds: the
-    ``_treg_populations`` background with binding 250 x exp(0.8 Z) on every stained cell, a CD4+ parent
+    ``treg_populations`` background with binding 250 x exp(0.8 Z) on every stained cell, a CD4+ parent
     (5,000 cells, 10 % Tregs at median 1,500) and a matched reference (9,000 cells), clean or with 5 %
     FoxP3+ cells; ideal cut = the 99.5th percentile of 200,000 stained negatives. Clean: every cut
     within 1.5 points of the ideal and every one judged by the checks (the checks alone flagged all 10);
@@ -548,7 +516,7 @@ def test_quantile_carry_checks_do_not_flag_a_binding_tail_that_a_lognormal_fit_e
     tr = Logicle()
     unflagged = 0
     for seed in range(93110, 93120):
-        population = _treg_populations(np.random.default_rng(seed), binding=(250.0, 0.8), treg_median=1500.0)
+        population = treg_populations(np.random.default_rng(seed), binding=(250.0, 0.8), treg_median=1500.0)
         fmo, stained, _ = population(5000, 0.10)
         s = tr.apply(stained)
         ideal = tr.apply(np.array([np.percentile(population(200000, 0.0)[1], 99.5)]))[0]

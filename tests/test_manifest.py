@@ -1,7 +1,6 @@
 """Folder scan (manifest inference), manifest validation, and the `tilpheno scan` command."""
 from __future__ import annotations
 
-import csv
 import os
 import re
 from pathlib import Path
@@ -15,7 +14,8 @@ from tilpheno.cli import app
 from tilpheno.errors import TableError
 from tilpheno.io.manifest import COLUMNS, read_manifest, scan_folder
 from malformed_fcs import float_file
-from test_panel import LAYOUT, design_file
+from design_support import LAYOUT, design_file
+from table_support import workbook, write_rows
 
 SAMPLE = Path(__file__).parent.parent / "sample_fcs"
 
@@ -148,12 +148,6 @@ def test_scan_of_bundled_sample_matches_its_manifest():
     assert _rows(scan_folder(SAMPLE)) == _rows(truth)
 
 
-def _write(path: Path, rows: list[list[str]]) -> Path:
-    with path.open("w", newline="") as fh:
-        csv.writer(fh).writerows(rows)
-    return path
-
-
 @pytest.fixture
 def files(tmp_path):
     design_file(tmp_path, "a.fcs", "surface")
@@ -162,11 +156,11 @@ def files(tmp_path):
 
 
 def test_read_manifest_valid(files):
-    path = _write(files / "m.csv", [list(COLUMNS), ["a.fcs", "007", "surface", "stain", ""], ["b.fcs", "007", "surface", "fmo", "PD-1"]])
+    path = write_rows(files / "m.csv", [list(COLUMNS), ["a.fcs", "007", "surface", "stain", ""], ["b.fcs", "007", "surface", "fmo", "PD-1"]])
     frame = read_manifest(path)
     assert list(frame["product_id"]) == ["007", "007"]  # ids stay text
     assert list(frame["fmo_marker"]) == ["", "PD1"]
-    no_marker_column = _write(files / "m2.csv", [["file", "product_id", "tube", "role"], ["a.fcs", "P", "surface", "stain"]])
+    no_marker_column = write_rows(files / "m2.csv", [["file", "product_id", "tube", "role"], ["a.fcs", "P", "surface", "stain"]])
     assert list(read_manifest(no_marker_column)["fmo_marker"]) == [""]
     excel_csv = files / "excel.csv"  # UTF-8 BOM, CRLF, capitalised header
     excel_csv.write_bytes("\ufeffFile,Product_ID,Tube,Role,FMO_marker\r\na.fcs,P9,surface,stain,\r\n".encode("utf-8"))
@@ -198,7 +192,7 @@ def test_read_manifest_valid(files):
 )
 def test_read_manifest_errors(files, rows, match):
     with pytest.raises(TableError, match=match):
-        read_manifest(_write(files / "m.csv", rows))
+        read_manifest(write_rows(files / "m.csv", rows))
 
 
 def test_read_manifest_not_a_table(files):
@@ -223,11 +217,11 @@ def test_cli_scan_writes_csv_and_accepts_manifest(files):
     assert list(written.columns) == list(COLUMNS)
     assert set(written["file"]) == {"a.fcs", "b.fcs"}  # relative to the scanned folder
     assert not list(out.parent.glob(".*.part"))  # atomic write left no temporary file
-    override = _write(files / "m.csv", [list(COLUMNS), ["a.fcs", "X1", "treg", "stain", ""]])
+    override = write_rows(files / "m.csv", [list(COLUMNS), ["a.fcs", "X1", "treg", "stain", ""]])
     result = runner.invoke(app, ["scan", str(files), "--manifest", str(override), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert pd.read_csv(out, dtype=str, keep_default_na=False).values.tolist() == [["a.fcs", "X1", "treg", "stain", ""]]
-    bad = _write(files / "bad.csv", [list(COLUMNS), ["a.fcs", "X1", "treg", "weird", ""]])
+    bad = write_rows(files / "bad.csv", [list(COLUMNS), ["a.fcs", "X1", "treg", "weird", ""]])
     result = runner.invoke(app, ["scan", str(files), "--manifest", str(bad)])
     assert result.exit_code == 2 and "unknown role 'weird'" in result.output
 
@@ -246,8 +240,8 @@ def test_cli_scan_with_unreadable_files_exits_1(files):
     assert "(3 files, 1 unreadable)" in result.output
     (files / "c.fcs").unlink()
     assert CliRunner().invoke(app, ["scan", str(files), "-o", str(out)]).exit_code == 0
-    manifest = _write(files / "m.csv", [list(COLUMNS), ["a.fcs", "X1", "surface", "stain", ""],
-                                        ["gone.fcs", "X1", "surface", "fmo", "PD1"]])
+    manifest = write_rows(files / "m.csv", [list(COLUMNS), ["a.fcs", "X1", "surface", "stain", ""],
+                                            ["gone.fcs", "X1", "surface", "fmo", "PD1"]])
     result = CliRunner().invoke(app, ["scan", str(files), "--manifest", str(manifest), "-o", str(out)])
     assert result.exit_code == 1, result.output
     assert (f"unreadable: {manifest}: row 3, column 'file': 'gone.fcs' does not exist or is not a regular file "
@@ -259,7 +253,7 @@ def test_cli_scan_never_writes_over_the_manifest_it_reads(files):
     """`scan --manifest M -o M` (checking a hand-made manifest in place) rewrote M with the five
     manifest columns only: a til_dose_cells column (the doses) was silently lost. Now refused, M
     untouched."""
-    manifest = _write(files / "manifest.csv", [[*COLUMNS, "til_dose_cells"], ["a.fcs", "X1", "treg", "stain", "", "5e9"]])
+    manifest = write_rows(files / "manifest.csv", [[*COLUMNS, "til_dose_cells"], ["a.fcs", "X1", "treg", "stain", "", "5e9"]])
     before = manifest.read_bytes()
     link = files / "link.csv"
     link.symlink_to(manifest)
@@ -305,15 +299,15 @@ def test_read_manifest_dose_column(files):
     'internal error ValueError' (and a word such as 'abc' too) -> numbers, blank = NaN; a word, a
     negative number or two different doses of one product is an error naming the row."""
     header = [*COLUMNS, "til_dose_cells"]
-    path = _write(files / "m.csv", [header, ["a.fcs", "P1", "surface", "stain", "", "5e9"],
-                                    ["b.fcs", "P1", "surface", "fmo", "PD1", ""]])
+    path = write_rows(files / "m.csv", [header, ["a.fcs", "P1", "surface", "stain", "", "5e9"],
+                                        ["b.fcs", "P1", "surface", "fmo", "PD1", ""]])
     doses = read_manifest(path)["til_dose_cells"].tolist()
     assert doses[0] == 5e9 and np.isnan(doses[1])
     for second, match in (("abc", "row 3, column 'til_dose_cells': 'abc' is not a number"),
                           ("-1", "'-1' is not a number of cells \\(not negative\\)"),
                           ("6e9", "'6e9' differs from the dose 5e\\+09 of product 'P1' in row 2")):
-        path = _write(files / "m.csv", [header, ["a.fcs", "P1", "surface", "stain", "", "5e9"],
-                                        ["b.fcs", "P1", "surface", "fmo", "PD1", second]])
+        path = write_rows(files / "m.csv", [header, ["a.fcs", "P1", "surface", "stain", "", "5e9"],
+                                            ["b.fcs", "P1", "surface", "fmo", "PD1", second]])
         with pytest.raises(TableError, match=match):
             read_manifest(path)
 
@@ -328,7 +322,7 @@ def test_read_manifest_dose_read_as_the_outcomes_table_reads_it(files, separator
     European Excel; French Excel's no-break spaces), accepted in the outcomes table, was 'not a
     number of cells' -> both read it through one parser, to the same number."""
     from tilpheno.io.outcomes import read_outcomes
-    from test_outcomes_validation import HEADER, ROWS
+    from table_support import OUTCOMES_HEADER as HEADER, OUTCOMES_ROWS as ROWS
 
     def text(rows):
         return "\n".join(separator.join(f'"{c}"' if separator in c else c for c in row) for row in rows) + "\n"
@@ -364,13 +358,13 @@ def test_read_manifest_dose_in_units_of_1e9_is_refused(files):
     every absolute subset dose of the product a billion times too small, without a word -> refused
     (below 1e6 cells), naming the cell; 0 and doses in cells are read."""
     header = [*COLUMNS, "til_dose_cells"]
-    path = _write(files / "m.csv", [header, ["a.fcs", "P1", "surface", "stain", "", "5.2"]])
+    path = write_rows(files / "m.csv", [header, ["a.fcs", "P1", "surface", "stain", "", "5.2"]])
     with pytest.raises(TableError) as err:
         read_manifest(path)
     assert str(err.value) == (f"{path}: row 2, column 'til_dose_cells': '5.2' is fewer than 1e+06 cells, no TIL dose: "
                               "given in units of 1e9 cells? Write the number of cells (5.2e+09 for 5.2 x 1e9)")
     for dose, cells in (("0", 0.0), ("5.2e9", 5.2e9), ("1000000", 1e6)):
-        path = _write(files / "m.csv", [header, ["a.fcs", "P1", "surface", "stain", "", dose]])
+        path = write_rows(files / "m.csv", [header, ["a.fcs", "P1", "surface", "stain", "", dose]])
         assert read_manifest(path)["til_dose_cells"].iloc[0] == cells
 
 
@@ -404,7 +398,7 @@ def test_read_manifest_misspelt_tube_or_role(files, tube, role, match):
     """A misspelt tube was accepted and the product then failed with 'no surface stained file in the
     manifest' -> refused when read, with the closest tube (or role) as a "did you mean"."""
     with pytest.raises(TableError, match=match):
-        read_manifest(_write(files / "m.csv", [list(COLUMNS), ["a.fcs", "P", tube, role, ""]]))
+        read_manifest(write_rows(files / "m.csv", [list(COLUMNS), ["a.fcs", "P", tube, role, ""]]))
 
 
 def test_read_manifest_product_ids_differing_only_in_case(files):
@@ -413,7 +407,7 @@ def test_read_manifest_product_ids_differing_only_in_case(files):
     rows = [list(COLUMNS), ["a.fcs", "TIL001", "surface", "stain", ""], ["b.fcs", "til001", "surface", "fmo", "PD1"]]
     with pytest.raises(TableError, match=r"row 3, column 'product_id': 'til001' differs only in case "
                                          r"from 'TIL001' in row 2"):
-        read_manifest(_write(files / "m.csv", rows))
+        read_manifest(write_rows(files / "m.csv", rows))
 
 
 @pytest.mark.parametrize("value, number_format, shown", [
@@ -448,28 +442,12 @@ def test_read_manifest_excel_id_shown_otherwise_than_stored(files, value, number
 
 def test_read_manifest_misspelt_column_gets_a_hint(files):
     """A header 'Product ID' (a sample sheet typed by hand) gave only 'missing column(s)'."""
-    path = _write(files / "m.csv", [["file", "Product ID", "tube", "role"], ["a.fcs", "P", "surface", "stain"]])
+    path = write_rows(files / "m.csv", [["file", "Product ID", "tube", "role"], ["a.fcs", "P", "surface", "stain"]])
     with pytest.raises(TableError, match=r"missing column\(s\) 'product_id' \(did you mean 'Product ID'\?\); found"):
         read_manifest(path)
 
 
 # --------------------------------------------------------------------------- lab workbooks and CSVs
-
-
-def _book(path: Path, sheets: dict[str, list[list]], merged: dict[str, list[str]] | None = None) -> Path:
-    """An .xlsx with the given sheets (title -> rows, in order) and merged ranges per sheet."""
-    import openpyxl
-
-    book = openpyxl.Workbook()
-    book.remove(book.active)
-    for title, rows in sheets.items():
-        sheet = book.create_sheet(title)
-        for row in rows:
-            sheet.append(row)
-        for cells in (merged or {}).get(title, []):
-            sheet.merge_cells(cells)
-    book.save(path)
-    return path
 
 
 TABLE = [[*COLUMNS, "til_dose_cells"], ["a.fcs", "TIL001", "surface", "stain", "", 5e9],
@@ -480,9 +458,9 @@ def test_read_manifest_excel_merged_cells(files):
     """Lab staff merge a product's id (and dose) down over its tube rows: only the top cell holds the
     value, so every other row of the product was refused ('empty value') -> each row reads the
     merged value, as Excel shows it (same frame as the unmerged sheet)."""
-    plain = read_manifest(_book(files / "plain.xlsx", {"Sheet": TABLE}))
+    plain = read_manifest(workbook(files / "plain.xlsx", {"Sheet": TABLE}))
     merged_rows = [TABLE[0], TABLE[1], [TABLE[2][0], None, *TABLE[2][2:5], None]]
-    merged = read_manifest(_book(files / "m.xlsx", {"Sheet": merged_rows}, {"Sheet": ["B2:B3", "F2:F3"]}))
+    merged = read_manifest(workbook(files / "m.xlsx", {"Sheet": merged_rows}, {"Sheet": ["B2:B3", "F2:F3"]}))
     pd.testing.assert_frame_equal(merged, plain)
     assert merged["product_id"].tolist() == ["TIL001", "TIL001"] and merged["til_dose_cells"].tolist() == [5e9, 5e9]
 
@@ -491,10 +469,10 @@ def test_read_manifest_invisible_characters(files):
     """A header cell pasted with a zero-width space ('product_id' + U+200B) was a missing column ->
     the column is product_id; an id with one ('\ufeffTIL001': a byte order mark pasted along) was
     another product than TIL001 -> refused naming the cell and the character."""
-    plain = read_manifest(_write(files / "plain.csv", TABLE))
+    plain = read_manifest(write_rows(files / "plain.csv", TABLE))
     header = [f"{c}\u200b" if c == "product_id" else c for c in TABLE[0]]
-    pd.testing.assert_frame_equal(read_manifest(_write(files / "h.csv", [header, *TABLE[1:]])), plain)
-    ids = _book(files / "i.xlsx", {"Sheet": [TABLE[0], TABLE[1], ["b.fcs", "\ufeffTIL001", *TABLE[2][2:]]]})
+    pd.testing.assert_frame_equal(read_manifest(write_rows(files / "h.csv", [header, *TABLE[1:]])), plain)
+    ids = workbook(files / "i.xlsx", {"Sheet": [TABLE[0], TABLE[1], ["b.fcs", "\ufeffTIL001", *TABLE[2][2:]]]})
     with pytest.raises(TableError, match=r"^\S*i.xlsx: row 3, column 'product_id': the id 'TIL001' holds an "
                                          r"invisible character \(U\+FEFF ZERO WIDTH NO-BREAK SPACE\) at its start; "
                                          r"retype the id, or delete the character$"):
@@ -512,7 +490,7 @@ def test_read_manifest_invisible_character_in_tube_role_marker(files, column, wr
     marker" -> the cell and the character are named, as for an id."""
     row = dict(zip(COLUMNS, TABLE[2]))
     row[column] = written
-    path = _write(files / "m.csv", [TABLE[0], TABLE[1], list(row.values())])
+    path = write_rows(files / "m.csv", [TABLE[0], TABLE[1], list(row.values())])
     with pytest.raises(TableError) as err:
         read_manifest(path)
     assert str(err.value).startswith(f"{path}: row 3, column '{column}': {message}")
@@ -523,7 +501,7 @@ def test_read_manifest_flowjo_statistics_rows(files):
     one with a 'Total' row): refused as 'empty value' -> named as a summary row to delete."""
     flowjo = [*[[*r[:5], "5e9"] for r in TABLE], ["Mean", "", "", "", "", "5e9"]]
     total = [*TABLE, ["Total", None, None, None, None, 1e10]]
-    for label, path in (("Mean", _write(files / "m.csv", flowjo)), ("Total", _book(files / "m.xlsx", {"Sheet": total}))):
+    for label, path in (("Mean", write_rows(files / "m.csv", flowjo)), ("Total", workbook(files / "m.xlsx", {"Sheet": total}))):
         with pytest.raises(TableError) as err:
             read_manifest(path)
         assert str(err.value) == (f"{path}: row 4, column 'product_id': '{label}' in column 'file': this looks like a "
@@ -535,31 +513,31 @@ def test_read_manifest_header_below_a_title(files):
     """A title line and blank lines above the header: the CSV was 'cannot read manifest (Error
     tokenizing data ...)' or 'No columns to parse', the .xlsx 'missing column(s)' -> the header is
     found; errors still name the file's line (row N = N lines below the header)."""
-    truth = read_manifest(_write(files / "plain.csv", [list(COLUMNS), ["a.fcs", "P1", "surface", "stain", ""],
-                                                        ["b.fcs", "P1", "surface", "fmo", "PD1"]]))
+    truth = read_manifest(write_rows(files / "plain.csv", [list(COLUMNS), ["a.fcs", "P1", "surface", "stain", ""],
+                                                            ["b.fcs", "P1", "surface", "fmo", "PD1"]]))
     rows = [["Manifest of run 5 (M. Muster)"], [], list(COLUMNS), ["a.fcs", "P1", "surface", "stain", ""],
             ["b.fcs", "P1", "surface", "fmo", "PD1"]]
-    pd.testing.assert_frame_equal(read_manifest(_write(files / "title.csv", rows)), truth)
+    pd.testing.assert_frame_equal(read_manifest(write_rows(files / "title.csv", rows)), truth)
     (files / "blank.csv").write_text("\n\n" + (files / "plain.csv").read_text())
     pd.testing.assert_frame_equal(read_manifest(files / "blank.csv"), truth)
-    pd.testing.assert_frame_equal(read_manifest(_book(files / "title.xlsx", {"Sheet": rows})), truth)
+    pd.testing.assert_frame_equal(read_manifest(workbook(files / "title.xlsx", {"Sheet": rows})), truth)
     rows[4][3] = "fmoo"
     with pytest.raises(TableError, match=r"title.csv: row 5, column 'role': unknown role 'fmoo'"):
-        read_manifest(_write(files / "title.csv", rows))
+        read_manifest(write_rows(files / "title.csv", rows))
     hand_typed = [["Manifest"], ["file", "Product ID", "tube", "role"], ["a.fcs", "P", "surface", "stain"]]
     with pytest.raises(TableError, match=r"missing column\(s\) 'product_id' \(did you mean 'Product ID'\?\)"):
-        read_manifest(_write(files / "typed.csv", hand_typed))
+        read_manifest(write_rows(files / "typed.csv", hand_typed))
 
 
 def test_read_manifest_excel_table_on_a_later_sheet(files):
     """The table on sheet 2 behind an instructions (or empty) sheet: 'missing column(s) ... found
     ['Fill in sheet 2']' or 'header but no rows' -> the sheet holding the table is read, and the
     workbook checks look at that sheet and its header row. Two sheets holding a table are refused."""
-    truth = read_manifest(_book(files / "plain.xlsx", {"Sheet": TABLE}))
+    truth = read_manifest(workbook(files / "plain.xlsx", {"Sheet": TABLE}))
     for first in ([["Fill in the sheet 'Manifest'"], ["role: stain, fmo or unstained"]], []):
-        path = _book(files / "m.xlsx", {"Instructions": first, "Manifest": TABLE})
+        path = workbook(files / "m.xlsx", {"Instructions": first, "Manifest": TABLE})
         pd.testing.assert_frame_equal(read_manifest(path), truth)
-    shown_otherwise = _book(files / "fmt.xlsx", {"Read me": [["see next sheet"]], "Manifest": [["Run 5"], *TABLE]})
+    shown_otherwise = workbook(files / "fmt.xlsx", {"Read me": [["see next sheet"]], "Manifest": [["Run 5"], *TABLE]})
     import openpyxl
 
     book = openpyxl.load_workbook(shown_otherwise)
@@ -569,7 +547,7 @@ def test_read_manifest_excel_table_on_a_later_sheet(files):
                                          r"number 7 shown with the format '000'"):
         read_manifest(shown_otherwise)
     with pytest.raises(TableError, match=r"sheets 'Run 1', 'Run 2' each hold a manifest table"):
-        read_manifest(_book(files / "two.xlsx", {"Run 1": TABLE, "Run 2": TABLE}))
+        read_manifest(workbook(files / "two.xlsx", {"Run 1": TABLE, "Run 2": TABLE}))
 
 
 def test_read_manifest_windows_1252_csv(files):
@@ -607,7 +585,7 @@ def test_read_manifest_column_named_twice(files, header, name, both):
     """Two 'file' columns: the second was silently renamed 'file.1' (or, spelt 'File', shadowed)
     and one of them ignored; two extra columns differing only in case were both kept -> refused
     naming both columns."""
-    path = _write(files / "m.csv", [header, ["a.fcs", "P", "surface", "stain", "b.fcs", ""][:len(header)]])
+    path = write_rows(files / "m.csv", [header, ["a.fcs", "P", "surface", "stain", "b.fcs", ""][:len(header)]])
     with pytest.raises(TableError, match=rf"m.csv: row 1: column '{name}' "
                                          rf"appears twice \(columns {both}\)"):
         read_manifest(path)
@@ -637,14 +615,14 @@ def test_read_manifest_fmo_marker_not_in_the_strategy(files):
 
     markers = strategy_markers(load_strategy(p) for p in default_study().strategy_paths)
     rows = [list(COLUMNS), ["a.fcs", "P", "surface", "stain", ""], ["b.fcs", "P", "surface", "fmo", "PD-1"]]
-    assert read_manifest(_write(files / "m.csv", rows), markers=markers)["fmo_marker"].tolist() == ["", "PD1"]
+    assert read_manifest(write_rows(files / "m.csv", rows), markers=markers)["fmo_marker"].tolist() == ["", "PD1"]
     # a typo gets a did-you-mean; another molecule does not: CD39 or PD-L1 (markers the vocabulary knows) or CD38
     # (another CD number) was offered 'CD3' / 'PD1' / 'CD8'
     did = " \\(did you mean 'PD1'\\?\\)"
     for written, hint in (("PD1x", did), ("PD-L1", ""), ("PDL-1", ""), ("DC56", " \\(did you mean 'CD56'\\?\\)"), ("CD39", ""),
                           ("CD38", ""), ("FoxP3", "")):
         rows[2][4] = written
-        path = _write(files / "m.csv", rows)
+        path = write_rows(files / "m.csv", rows)
         assert read_manifest(path)["fmo_marker"].iloc[1]   # without markers: not checked
         with pytest.raises(TableError, match=rf"row 3, column 'fmo_marker': '{written}' is not a marker of "
                                              rf"the surface tube{hint} \(its markers: CD3, CD4, CD8, CD56, PD1, 7AAD\)"):
@@ -676,7 +654,7 @@ def test_an_fmo_of_a_marker_its_tube_does_not_gate_is_reported_before_a_later_ro
     fmo_error = ("row 3, column 'fmo_marker': 'FoxP3' is not a marker of the surface tube (its markers: CD3, CD4, "
                  "CD8, CD56, PD1, 7AAD)")
     rows = [list(COLUMNS), ["a.fcs", "P", "surface", "stain", ""], ["b.fcs", "P", "surface", "fmo", "FoxP3"], later]
-    path = _write(files / "m.csv", rows)
+    path = write_rows(files / "m.csv", rows)
     with pytest.raises(TableError) as info:
         read_manifest(path, markers=markers)
     assert str(info.value) == f"{path}: {fmo_error}"
@@ -684,7 +662,7 @@ def test_an_fmo_of_a_marker_its_tube_does_not_gate_is_reported_before_a_later_ro
     assert result.exit_code == 2 and " ".join(result.output.split()) == f"error: {path}: {fmo_error}", result.output
     rows[2][4] = "PD1"
     with pytest.raises(TableError, match=re.escape(its_error)):
-        read_manifest(_write(files / "m.csv", rows), markers=markers)
+        read_manifest(write_rows(files / "m.csv", rows), markers=markers)
 
 
 def test_read_manifest_windows_backslash_paths(files):
@@ -692,9 +670,9 @@ def test_read_manifest_windows_backslash_paths(files):
     sub/a.fcs (and returned so); a Windows absolute path gets a hint to give it relative."""
     (files / "sub").mkdir()
     design_file(files / "sub", "c.fcs", "surface")
-    path = _write(files / "m.csv", [list(COLUMNS), ["sub\\c.fcs", "P", "surface", "stain", ""]])
+    path = write_rows(files / "m.csv", [list(COLUMNS), ["sub\\c.fcs", "P", "surface", "stain", ""]])
     assert read_manifest(path)["file"].tolist() == ["sub/c.fcs"]
-    path = _write(files / "m.csv", [list(COLUMNS), ["C:\\runs\\c.fcs", "P", "surface", "stain", ""]])
+    path = write_rows(files / "m.csv", [list(COLUMNS), ["C:\\runs\\c.fcs", "P", "surface", "stain", ""]])
     with pytest.raises(TableError, match=re.escape(repr("C:\\runs\\c.fcs")) + " does not exist .*"
                                          + re.escape("(a Windows path: give it relative to the folder)")):
         read_manifest(path)
@@ -705,14 +683,14 @@ def test_read_manifest_cells_beside_the_table(files):
     'Unnamed: 5' -> ignored. A note beside the table (no header) was kept as that column -> refused
     naming the cell (as the outcomes reader does)."""
     rows = [list(COLUMNS), ["a.fcs", "P", "surface", "stain", ""], ["b.fcs", "P", "surface", "fmo", "PD1"]]
-    truth = read_manifest(_write(files / "m.csv", rows))
-    padded = read_manifest(_write(files / "padded.csv", [[*row, ""] for row in rows]))
+    truth = read_manifest(write_rows(files / "m.csv", rows))
+    padded = read_manifest(write_rows(files / "padded.csv", [[*row, ""] for row in rows]))
     pd.testing.assert_frame_equal(padded, truth)
-    noted = _write(files / "noted.csv", [[*rows[0], ""], [*rows[1], ""], [*rows[2], "redo?"]])
+    noted = write_rows(files / "noted.csv", [[*rows[0], ""], [*rows[1], ""], [*rows[2], "redo?"]])
     with pytest.raises(TableError, match=r"noted.csv: row 3, column F: 'redo\?' lies in a column without "
                                          r"a header; name the column in the header row, or delete the cell"):
         read_manifest(noted)
-    book = _book(files / "noted.xlsx", {"Sheet": [rows[0], rows[1], [*rows[2], "redo?"]]})
+    book = workbook(files / "noted.xlsx", {"Sheet": [rows[0], rows[1], [*rows[2], "redo?"]]})
     with pytest.raises(TableError, match=r"noted.xlsx: row 3, column F: 'redo\?' lies in a column"):
         read_manifest(book)
 
@@ -725,8 +703,8 @@ def test_read_manifest_excel_error_value(files):
     rows = [list(COLUMNS), ["a.fcs", "#N/A", "surface", "stain", ""]]
     with pytest.raises(TableError, match=r"m.csv: row 2, column 'product_id': #N/A is an Excel error "
                                          r"value \(a formula that failed"):
-        read_manifest(_write(files / "m.csv", rows))
-    book = _book(files / "m.xlsx", {"Sheet": rows})
+        read_manifest(write_rows(files / "m.csv", rows))
+    book = workbook(files / "m.xlsx", {"Sheet": rows})
     edited = openpyxl.load_workbook(book)
     edited["Sheet"]["B2"].data_type = "e"
     edited.save(book)
@@ -739,14 +717,14 @@ def test_read_manifest_cell_with_a_line_break(files):
     the line the row starts on (a text editor's line)."""
     rows = [[*COLUMNS, "comment"], ["a.fcs", "P", "surface", "stained", "", "weak\nstain"]]
     with pytest.raises(TableError, match=r"m.csv: row 2, column 'role': unknown role 'stained'"):
-        read_manifest(_write(files / "m.csv", rows))
+        read_manifest(write_rows(files / "m.csv", rows))
 
 
 def test_read_manifest_hidden_row(files):
     """A tube's row hidden in Excel (filtered out) was read without a word -> refused naming it."""
     import openpyxl
 
-    book = _book(files / "m.xlsx", {"Sheet": TABLE})
+    book = workbook(files / "m.xlsx", {"Sheet": TABLE})
     edited = openpyxl.load_workbook(book)
     edited["Sheet"].row_dimensions[3].hidden = True
     edited.save(book)
@@ -767,18 +745,18 @@ def test_read_manifest_hidden_column(files):
     is read as before."""
     import openpyxl
 
-    book = _book(files / "m.xlsx", {"Sheet": [[*TABLE[0], "helper"], *[[*row, "x"] for row in TABLE[1:]]]})
+    book = workbook(files / "m.xlsx", {"Sheet": [[*TABLE[0], "helper"], *[[*row, "x"] for row in TABLE[1:]]]})
     edited = openpyxl.load_workbook(book)
     edited["Sheet"].column_dimensions["G"].hidden = True
     edited.save(book)
     with pytest.raises(TableError, match=r"m.xlsx: row 2, column 'helper': sheet 'Sheet' column G "
                                          r"\('helper'\) is hidden in Excel; unhide it, or delete it"):
         read_manifest(book)
-    empty = _book(files / "e.xlsx", {"Sheet": TABLE})
+    empty = workbook(files / "e.xlsx", {"Sheet": TABLE})
     edited = openpyxl.load_workbook(empty)
     edited["Sheet"].column_dimensions.group("H", "J", hidden=True)
     edited.save(empty)
-    pd.testing.assert_frame_equal(read_manifest(empty), read_manifest(_book(files / "p.xlsx", {"Sheet": TABLE})))
+    pd.testing.assert_frame_equal(read_manifest(empty), read_manifest(workbook(files / "p.xlsx", {"Sheet": TABLE})))
 
 
 def test_product_ids_differing_only_in_case_are_one_product(tmp_path):
@@ -858,7 +836,7 @@ def test_a_dose_error_is_reported_before_a_later_rows_problem(files, dose, dose_
     header = [*COLUMNS, "til_dose_cells"]
     rows = [header, ["a.fcs", "P", "surface", "stain", "", dose], ["b.fcs", "P", "surface", "fmo", "PD1", ""],
             ["b.fcs", "Q", "surface", "stian", "", ""]]
-    path = _write(files / "m.csv", rows)
+    path = write_rows(files / "m.csv", rows)
     with pytest.raises(TableError) as info:
         read_manifest(path)
     assert str(info.value).startswith(f"{path}: {dose_error}"), str(info.value)
@@ -866,14 +844,14 @@ def test_a_dose_error_is_reported_before_a_later_rows_problem(files, dose, dose_
     assert result.exit_code == 2 and " ".join(result.output.split()).startswith(f"error: {path}: {dose_error}"), result.output
     rows[3][3] = "stain"   # row 4 fixed: a twice-listed file now, still after row 2's dose
     with pytest.raises(TableError, match=re.escape(dose_error)):
-        read_manifest(_write(files / "m.csv", rows))
+        read_manifest(write_rows(files / "m.csv", rows))
     rows[1][3] = "stian"   # the dose's own row: its role first
     with pytest.raises(TableError, match=re.escape("row 2, column 'role': unknown role 'stian'")):
-        read_manifest(_write(files / "m.csv", rows))
+        read_manifest(write_rows(files / "m.csv", rows))
     rows[1][3], rows[3][5] = "stain", dose   # a dose error below a problem (row 4's file listed twice)
     rows[1][5] = ""
     with pytest.raises(TableError, match=re.escape("row 4, column 'file': 'b.fcs' already listed in row 3")):
-        read_manifest(_write(files / "m.csv", rows))
+        read_manifest(write_rows(files / "m.csv", rows))
 
 
 def test_a_specimen_name_of_na_names_no_product(tmp_path):
@@ -899,8 +877,8 @@ def test_a_labs_manifest_is_read_once(files, monkeypatch):
     (stop 50); the rows, their places and the refusals are as before."""
     from tilpheno.io.manifest import read_lab_manifest
 
-    path = _write(files / "m.csv", [list(COLUMNS), ["a.fcs", "007", "Surface A", "stain", ""],
-                                    ["b.fcs", "007", "Surface A", "fmo", "PD-1"]])
+    path = write_rows(files / "m.csv", [list(COLUMNS), ["a.fcs", "007", "Surface A", "stain", ""],
+                                        ["b.fcs", "007", "Surface A", "fmo", "PD-1"]])
     reads = []
     read_bytes = Path.read_bytes
     monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or read_bytes(self))
@@ -908,6 +886,6 @@ def test_a_labs_manifest_is_read_once(files, monkeypatch):
     assert reads == [path]
     assert frame[["file", "tube", "fmo_marker", "row"]].values.tolist() == [
         ["a.fcs", "Surface A", "", f"{path}: row 2"], ["b.fcs", "Surface A", "PD1", f"{path}: row 3"]]
-    bad = _write(files / "bad.csv", [list(COLUMNS), ["a.fcs", "007", "Surface A", "stian", ""]])
+    bad = write_rows(files / "bad.csv", [list(COLUMNS), ["a.fcs", "007", "Surface A", "stian", ""]])
     with pytest.raises(TableError, match=re.escape(f"{bad}: row 2, column 'role': unknown role 'stian'")):
         read_lab_manifest(bad, base=files)

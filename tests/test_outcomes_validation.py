@@ -10,15 +10,7 @@ import pytest
 
 from tilpheno.errors import TableError
 from tilpheno.io.outcomes import REQUIRED, read_outcomes, usable_column
-from test_manifest import _book
-
-HEADER = "patient_id,product_id,til_dose_cells,best_response,pfs_months,pfs_event,os_months,os_event,age,sex"
-ROWS = [
-    "P1,TIL1,3e10,PR,5.5,1,12.0,1,25,M",
-    "P2,TIL2,2.1e10,sd,3.2,1,8.1,0,31,F",
-    "P3,TIL3,4.0e10,CR,15,0,15,0,17,M",
-]
-
+from table_support import OUTCOMES_HEADER as HEADER, OUTCOMES_ROWS as ROWS, workbook
 
 def write(tmp_path: Path, rows=ROWS, header=HEADER, name="outcomes.csv") -> Path:
     path = tmp_path / name
@@ -245,10 +237,10 @@ def test_excel_workbook_opened_once_or_twice_with_formulas(tmp_path):
 
     from tilpheno.io.manifest import _read_table
 
-    plain = _book(tmp_path / "plain.xlsx", {"Sheet": TABLE})
+    plain = workbook(tmp_path / "plain.xlsx", {"Sheet": TABLE})
     formulas = tmp_path / "formulas.xlsx"
     _saved_results(formulas, "6.4", calculated=True)
-    manifest = _book(tmp_path / "m.xlsx", {"Sheet": [["file", "product_id", "tube", "role"], ["a.fcs", "P", "s", "stain"]]})
+    manifest = workbook(tmp_path / "m.xlsx", {"Sheet": [["file", "product_id", "tube", "role"], ["a.fcs", "P", "s", "stain"]]})
     for read, path, opens in ((read_outcomes, plain, 1), (read_outcomes, formulas, 2), (_read_table, manifest, 1)):
         with mock.patch("openpyxl.load_workbook", side_effect=openpyxl.load_workbook) as load:
             read(path)
@@ -282,7 +274,7 @@ def test_excel_time_of_day_in_number_columns(tmp_path):
     import openpyxl
 
     from tilpheno.io.manifest import COLUMNS, read_manifest
-    from test_panel import design_file
+    from design_support import design_file
 
     book = openpyxl.Workbook()
     sheet = book.active
@@ -297,8 +289,8 @@ def test_excel_time_of_day_in_number_columns(tmp_path):
                               "Excel, a cell formatted as a time), not a number; type the number, and format the column "
                               "as General or Number")
     design_file(tmp_path, "a.fcs", "surface")
-    manifest = _book(tmp_path / "m.xlsx", {"Sheet": [[*COLUMNS, "til_dose_cells"],
-                                                     ["a.fcs", "P", "surface", "stain", None, dt.time(9, 15)]]})
+    manifest = workbook(tmp_path / "m.xlsx", {"Sheet": [[*COLUMNS, "til_dose_cells"],
+                                                        ["a.fcs", "P", "surface", "stain", None, dt.time(9, 15)]]})
     with pytest.raises(TableError, match=r"^\S*m.xlsx: row 2, column 'til_dose_cells': '09:15:00' is a time of day"):
         read_manifest(manifest)
     assert "'7:05 PM' is a time of day" in error_of(write(tmp_path, [ROWS[0].replace(",12.0,", ",7:05 PM,"), *ROWS[1:]]))
@@ -407,7 +399,7 @@ def test_mac_roman_text_is_refused_not_misread(tmp_path):
     became 'ZŸrich', the id 'Pä2' became 'PŠ2' (matching no product) -> refused naming the cell and
     both readings; Windows-1252 text (é, µ) is still read."""
     from tilpheno.io.manifest import COLUMNS, read_manifest
-    from test_panel import design_file
+    from design_support import design_file
 
     path = tmp_path / "mac.csv"
     path.write_bytes("\n".join([HEADER + ",site", ROWS[0] + ",Zürich", ROWS[1] + ",Genf"]).encode("mac_roman"))
@@ -441,7 +433,7 @@ def test_id_in_excel_scientific_notation_is_refused(tmp_path):
     from it keeps only that: the id '1.23457E+11' was read as written and matched no product
     (manifest and outcomes alike) -> refused naming the cell; other ids with an E are kept."""
     from tilpheno.io.manifest import COLUMNS, read_manifest
-    from test_panel import design_file
+    from design_support import design_file
 
     path = write(tmp_path, [ROWS[0], ROWS[1].replace("TIL2", "1.23457E+11")])
     assert error_of(path) == (f"{path}: row 3, column 'product_id': the id '1.23457E+11' is a long number as Excel "
@@ -462,7 +454,7 @@ def test_id_with_a_no_break_space_is_refused(tmp_path):
     and a patient without a product, both shown as 'TIL 1' -> refused naming the cell; a no-break
     space around an id is stripped as before."""
     from tilpheno.io.manifest import COLUMNS, read_manifest
-    from test_panel import design_file
+    from design_support import design_file
 
     path = write(tmp_path, [ROWS[0].replace("TIL1", "TIL\u00a01"), ROWS[1]])
     assert error_of(path) == (f"{path}: row 2, column 'product_id': the id 'TIL\\xa01' holds a special space (U+00A0 "
@@ -482,7 +474,7 @@ def test_note_under_the_table(tmp_path):
     as 'missing id' (outcomes) or 'empty value' (manifest), nothing said of the note -> the
     message names the row's only value as a possible note to delete."""
     from tilpheno.io.manifest import COLUMNS, read_manifest
-    from test_panel import design_file
+    from design_support import design_file
 
     note = "* doses from the LIMS export of 1 March"
     path = write(tmp_path, [*ROWS, "", f'"{note}"'])
@@ -502,7 +494,7 @@ def test_unclosed_quote_swallowing_rows_is_refused(tmp_path):
     P2 and P3 (and a manifest's FMO row) were lost without a word -> refused naming the cell; a
     quoted note with line breaks is still read."""
     from tilpheno.io.manifest import COLUMNS, read_manifest
-    from test_panel import design_file
+    from design_support import design_file
 
     path = write(tmp_path, [*[f"{row},x" for row in ROWS[:1]], *[f"{row},fine" for row in ROWS[1:]]],
                  header=HEADER + ",note")
@@ -534,13 +526,13 @@ def test_manifest_and_outcomes_name_a_row_alike(tmp_path):
     ``row L``: the fifth line of both files, under a title and a blank line, is now ``row 5`` in
     both, the number Excel or an editor shows."""
     from tilpheno.io.manifest import COLUMNS, read_manifest
-    from test_manifest import _write
-    from test_panel import design_file
+    from table_support import write_rows
+    from design_support import design_file
 
     design_file(tmp_path, "a.fcs", "surface")
     design_file(tmp_path, "b.fcs", "surface", omit="PD1")
-    manifest = _write(tmp_path / "m.csv", [["Manifest of block 7"], [], list(COLUMNS),
-                                           ["a.fcs", "P", "surface", "stain", ""], ["b.fcs", "P", "surface", "fm0", ""]])
+    manifest = write_rows(tmp_path / "m.csv", [["Manifest of block 7"], [], list(COLUMNS),
+                                               ["a.fcs", "P", "surface", "stain", ""], ["b.fcs", "P", "surface", "fm0", ""]])
     outcomes = write(tmp_path, ["P1,TIL1,3e10,PR,5.5,1,12.0,1,25,M", "P2,TIL2,2.1e10,XX,3.2,1,8.1,0,31,F"],
                      header="Outcomes of block 7\n\n" + HEADER)
     with pytest.raises(TableError) as info:
@@ -628,7 +620,7 @@ def test_title_and_blank_lines_above_the_header(tmp_path):
     titled = (tmp_path / "title.csv").read_text().replace("\n\n", "\n\n\n", 1)
     title.write_text(titled)
     pd.testing.assert_frame_equal(read_outcomes(title), truth)
-    book = _book(tmp_path / "title.xlsx", {"Patients": [["Outcomes 2026"], [], *TABLE]})
+    book = workbook(tmp_path / "title.xlsx", {"Patients": [["Outcomes 2026"], [], *TABLE]})
     pd.testing.assert_frame_equal(read_outcomes(book), truth, check_dtype=False)
     title.write_text(titled.replace(",CR,", ",XX,"))
     assert error_of(title).startswith(f"{title}: row 7, column 'best_response': unknown response code 'XX'")
@@ -640,7 +632,7 @@ def test_table_on_a_later_sheet(tmp_path):
     sheet below its header; two sheets holding a table are refused."""
     truth = read_outcomes(write(tmp_path))
     notes = [["Fill in one row per patient on the sheet 'Patients'"], ["best_response: CR, PR, SD, PD or NE"]]
-    book = _book(tmp_path / "o.xlsx", {"Read me": notes, "Patients": [["Cohort A"], *TABLE]})
+    book = workbook(tmp_path / "o.xlsx", {"Read me": notes, "Patients": [["Cohort A"], *TABLE]})
     pd.testing.assert_frame_equal(read_outcomes(book), truth, check_dtype=False)
     import openpyxl
 
@@ -649,7 +641,7 @@ def test_table_on_a_later_sheet(tmp_path):
     edited.save(book)
     assert error_of(book).startswith(f"{book}: row 4, column 'patient_id': sheet 'Patients' cell A4 is the number 7 "
                                      "shown with the format '000'")
-    two = _book(tmp_path / "two.xlsx", {"Cohort A": TABLE, "Cohort B": TABLE})
+    two = workbook(tmp_path / "two.xlsx", {"Cohort A": TABLE, "Cohort B": TABLE})
     assert "sheets 'Cohort A', 'Cohort B' each hold an outcomes table" in error_of(two)
 
 
@@ -659,7 +651,7 @@ def test_merged_cells_read_as_excel_shows_them(tmp_path):
     rows = [row.replace(",F", ",M") for row in ROWS]
     truth = read_outcomes(write(tmp_path, rows))
     merged = [TABLE[0], *[_typed(row)[:9] + ([row.split(",")[9]] if i == 0 else [None]) for i, row in enumerate(rows)]]
-    book = _book(tmp_path / "m.xlsx", {"Sheet": merged}, {"Sheet": ["J2:J4"]})
+    book = workbook(tmp_path / "m.xlsx", {"Sheet": merged}, {"Sheet": ["J2:J4"]})
     pd.testing.assert_frame_equal(read_outcomes(book), truth, check_dtype=False)
     assert read_outcomes(book).sex.tolist() == ["M", "M", "M"]
 
@@ -671,7 +663,7 @@ def test_column_named_twice_is_refused(tmp_path, name):
     header, rows = f"{HEADER},os_months", [f"{row},99" for row in ROWS]
     path = write(tmp_path, rows, header, name)
     if name.endswith(".xlsx"):
-        path = _book(path, {"Sheet": [header.split(","), *[[*_typed(row), 99.0] for row in ROWS]]})
+        path = workbook(path, {"Sheet": [header.split(","), *[[*_typed(row), 99.0] for row in ROWS]]})
     assert error_of(path).startswith(f"{path}: row 1: column 'os_months' appears twice (columns G and K)")
 
 
@@ -682,7 +674,7 @@ def test_column_named_twice_in_another_case_is_refused(tmp_path, name):
     header, rows = f"{HEADER},OS_months", [f"{row},99" for row in ROWS]
     path = write(tmp_path, rows, header, name)
     if name.endswith(".xlsx"):
-        path = _book(path, {"Sheet": [header.split(","), *[[*_typed(row), 99.0] for row in ROWS]]})
+        path = workbook(path, {"Sheet": [header.split(","), *[[*_typed(row), 99.0] for row in ROWS]]})
     assert error_of(path).startswith(f"{path}: row 1: column 'os_months' appears twice (columns G 'os_months' and "
                                      "K 'OS_months'); keep one, or rename the other")
 
@@ -727,7 +719,7 @@ def test_cells_beside_the_table(tmp_path):
     noted = write(tmp_path, [f"{ROWS[0]},", f"{ROWS[1]},checked MM", f"{ROWS[2]},"], f"{HEADER},", "noted.csv")
     assert error_of(noted).startswith(f"{noted}: row 3, column K: 'checked MM' lies in a column without a header; "
                                       "name the column in the header row, or delete the cell")
-    book = _book(tmp_path / "noted.xlsx", {"Sheet": [TABLE[0], TABLE[1], [*TABLE[2], "checked MM"], TABLE[3]]})
+    book = workbook(tmp_path / "noted.xlsx", {"Sheet": [TABLE[0], TABLE[1], [*TABLE[2], "checked MM"], TABLE[3]]})
     assert error_of(book).startswith(f"{book}: row 3, column K: 'checked MM' lies in a column without a header")
 
 
@@ -737,7 +729,7 @@ def test_excel_error_values_are_refused(tmp_path):
     error cell) and a CSV Excel saved from it."""
     import openpyxl
 
-    book = _book(tmp_path / "o.xlsx", {"Sheet": TABLE})
+    book = workbook(tmp_path / "o.xlsx", {"Sheet": TABLE})
     edited = openpyxl.load_workbook(book)
     edited["Sheet"]["J3"].value = "#N/A"
     edited["Sheet"]["J3"].data_type = "e"
@@ -766,13 +758,13 @@ def test_hidden_rows_and_sheets(tmp_path):
     refused by title only, though Excel shows one of them -> the hidden one is marked so."""
     import openpyxl
 
-    book = _book(tmp_path / "o.xlsx", {"Patients": TABLE})
+    book = workbook(tmp_path / "o.xlsx", {"Patients": TABLE})
     edited = openpyxl.load_workbook(book)
     edited["Patients"].row_dimensions[3].hidden = True
     edited.save(book)
     assert error_of(book).startswith(f"{book}: row 3, column 'patient_id': sheet 'Patients' row 3 is hidden in Excel "
                                      "(by hand or by a filter); unhide it, or delete it if it is not part of the table")
-    two = _book(tmp_path / "two.xlsx", {"Old": TABLE, "Patients": TABLE})
+    two = workbook(tmp_path / "two.xlsx", {"Old": TABLE, "Patients": TABLE})
     edited = openpyxl.load_workbook(two)
     edited["Old"].sheet_state = "hidden"
     edited.save(two)
@@ -785,7 +777,7 @@ def test_hidden_column(tmp_path):
     import openpyxl
 
     rows = [[*TABLE[0], "helper"], *[[*row, i] for i, row in enumerate(TABLE[1:])]]
-    book = _book(tmp_path / "o.xlsx", {"Patients": rows})
+    book = workbook(tmp_path / "o.xlsx", {"Patients": rows})
     edited = openpyxl.load_workbook(book)
     edited["Patients"].column_dimensions.group("K", "L", hidden=True)
     edited.save(book)
@@ -801,12 +793,12 @@ def test_covariate_numbers_in_another_style(tmp_path):
     naming the cell."""
     rows = [ROWS[0].replace(",25,", ',"1,250",'), ROWS[1].replace(",31,", ',"2,500",'), ROWS[2]]
     assert read_outcomes(write(tmp_path, rows)).age.tolist() == [1250.0, 2500.0, 17.0]
-    book = _book(tmp_path / "o.xlsx", {"Sheet": [TABLE[0], *[[*row[:8], age, row[9]] for row, age in
-                                                          zip(TABLE[1:], ("27,5", "31,0", "17,25"))]]})
+    book = workbook(tmp_path / "o.xlsx", {"Sheet": [TABLE[0], *[[*row[:8], age, row[9]] for row, age in
+                                                             zip(TABLE[1:], ("27,5", "31,0", "17,25"))]]})
     assert error_of(book, "age").startswith(f"{book}: row 2, column 'age': '27,5' is a number written with a decimal comma, "
                                      "a percent sign or spaces, read as text; write it with a decimal point")
-    book = _book(tmp_path / "o.xlsx", {"Sheet": [TABLE[0], *[[*row[:8], age, row[9]] for row, age in
-                                                          zip(TABLE[1:], (27.5, "31,5", 17))]]})
+    book = workbook(tmp_path / "o.xlsx", {"Sheet": [TABLE[0], *[[*row[:8], age, row[9]] for row, age in
+                                                             zip(TABLE[1:], (27.5, "31,5", 17))]]})
     assert error_of(book, "age").startswith(f"{book}: row 3, column 'age': '31,5' is a number written with")   # not 'mixed'
     rows = [ROWS[0].replace(",25,", ",40%,"), ROWS[1].replace(",31,", ",35 %,"), ROWS[2].replace(",17,", ",20%,")]
     assert error_of(write(tmp_path, rows), "age").startswith(f"{tmp_path / 'outcomes.csv'}: row 2, column 'age': "
@@ -823,7 +815,7 @@ def test_excel_duration_cell_is_named_a_duration(tmp_path, column):
     in a covariate a category '12:30:00' -> refused as an Excel duration, naming the cell."""
     import openpyxl
 
-    book = _book(tmp_path / "o.xlsx", {"Patients": TABLE})
+    book = workbook(tmp_path / "o.xlsx", {"Patients": TABLE})
     edited = openpyxl.load_workbook(book)
     sheet = edited["Patients"]
     letter = next(cell.column_letter for cell in sheet[1] if cell.value == column)
@@ -843,7 +835,7 @@ def test_invisible_characters_in_a_header_are_removed(tmp_path, name, suffix):
     mean 'os_months'?)' -> the column is os_months, read as the same table without them."""
     plain = read_outcomes(write(tmp_path))
     rows = [[name if cell == "os_months" else cell for cell in TABLE[0]], *TABLE[1:]]
-    path = (_book(tmp_path / "o.xlsx", {"Patients": rows}) if suffix == ".xlsx"
+    path = (workbook(tmp_path / "o.xlsx", {"Patients": rows}) if suffix == ".xlsx"
             else write(tmp_path, header=HEADER.replace("os_months", name), name="o.csv"))
     pd.testing.assert_frame_equal(read_outcomes(path), plain, check_dtype=False)
 
@@ -853,7 +845,7 @@ def test_invisible_character_in_an_id_is_refused(tmp_path, suffix):
     """An id pasted with a zero-width space ('TIL2' + U+200B) was read as another id than 'TIL2'
     (shown alike, matching no product) -> refused naming the cell and the character."""
     rows = [TABLE[0], TABLE[1], ["P2", "TIL2\u200b", *TABLE[2][2:]], TABLE[3]]
-    path = (_book(tmp_path / "o.xlsx", {"Patients": rows}) if suffix == ".xlsx"
+    path = (workbook(tmp_path / "o.xlsx", {"Patients": rows}) if suffix == ".xlsx"
             else write(tmp_path, [",".join(map(str, row)) for row in rows[1:]], name="o.csv"))
     assert error_of(path) == (f"{path}: row 3, column 'product_id': the id 'TIL2' holds an invisible character "
                               "(U+200B ZERO WIDTH SPACE) after 'TIL2'; retype the id, or delete the character")

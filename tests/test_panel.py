@@ -14,30 +14,11 @@ from tilpheno.panel import normalize_marker, panel_from_fcs, read_panel_file, re
 from tilpheno.vocabulary import default_vocabulary, key
 
 sys.path.insert(0, str(Path(__file__).parent))
+from design_support import design_file  # noqa: E402
 from malformed_fcs import float_file  # noqa: E402
 
-# docs/design.md, "Demo instrument layout": $PnN -> ($PnS surface tube, $PnS Treg tube)
-LAYOUT = {
-    "FSC-A": ("", ""), "FSC-H": ("", ""), "SSC-A": ("", ""), "SSC-H": ("", ""),
-    "FITC-A": ("CD3 FITC", "CD3 FITC"), "PE-A": ("PD1 PE", "FoxP3 PE"), "PerCP-Cy5-5-A": ("7AAD", ""),
-    "APC-A": ("CD56 APC", ""), "BV421-A": ("CD4 BV421", "CD4 BV421"), "APC-H7-A": ("CD8 APC-H7", ""), "Time": ("", ""),
-}
 SURFACE = {"CD3": "FITC-A", "PD1": "PE-A", "7AAD": "PerCP-Cy5-5-A", "CD56": "APC-A", "CD4": "BV421-A", "CD8": "APC-H7-A"}
 TREG = {"CD3": "FITC-A", "FoxP3": "PE-A", "CD4": "BV421-A"}
-
-
-def design_file(folder: Path, name: str, tube: str, omit: str | None = None, keywords=None) -> Path:
-    """A small file with the design layout; ``omit`` drops that marker's $PnS (an FMO tube)."""
-    names = tuple(LAYOUT)
-    extra = dict(keywords or {})
-    for n, pnn in enumerate(names, 1):
-        pns = LAYOUT[pnn][0 if tube == "surface" else 1]
-        if pns and normalize_marker(pns) != omit:
-            extra[f"$P{n}S"] = pns
-    events = np.ones((3, len(names)))
-    path = folder / name
-    path.write_bytes(float_file(events, channels=names, extra=extra))
-    return path
 
 
 @pytest.mark.parametrize(

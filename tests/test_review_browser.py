@@ -1459,7 +1459,7 @@ def processed_100715(tmp, edit=lambda strategy: strategy):
     ``edit``, processed (tables only) into ``tmp/out``."""
     from typer.testing import CliRunner
 
-    from test_undetermined import FILE, RELEASE
+    from undetermined_support import FILE, RELEASE
     from tilpheno.cli import app
 
     (tmp / "fcs").mkdir()

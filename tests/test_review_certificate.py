@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from review_support import OOS_REASON, PASSWORDS, approval_resolutions, fresh_service, service_on, source3, standing_approval_id  # noqa: F401  (fixtures)
-from test_review_web import login
+from review_support import certificate_text, login
 from tilpheno.review import certificate
 from tilpheno.review.models import AuditEntry, User
 from tilpheno.review.web import create_app
@@ -501,23 +501,6 @@ def test_a_failed_swap_keeps_the_previous_export_and_says_what_the_trail_holds(a
         assert "audited (export_failed)" in r.output and len(_entries(approved, "export_failed")) == 1
     assert _tree(dest) == {"phenotypes_approved.csv": b"previous export\n"}
     assert sorted(p.name for p in dest.parent.iterdir()) == ["x"]
-
-
-def certificate_text(service, tmp_path: Path, issued=None) -> tuple[str, str]:
-    """The certificate of PID as pdftotext reads it: ``(flowing text with the lines that end in
-    '_', '-', '.' or '/' joined to the next, the text laid out as printed, pages split by form
-    feeds)``; skips without poppler-utils."""
-    import re
-    import shutil
-    import subprocess
-
-    if not shutil.which("pdftotext"):
-        pytest.skip("poppler-utils not installed (`make services` installs it): the PDF's text not checked")
-    pdf = tmp_path / "c.pdf"
-    pdf.write_bytes(certificate.certificate_pdf(service, PID, issued))
-    flowing, layout = (subprocess.run(["pdftotext", *options, str(pdf), "-"], check=True, capture_output=True,
-                                      text=True).stdout for options in ([], ["-layout"]))
-    return re.sub(r"(?<=[_\-./])\n", "", flowing), layout
 
 
 @pytest.mark.parametrize("criteria, why", [

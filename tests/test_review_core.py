@@ -1936,7 +1936,7 @@ def test_a_replaced_control_is_recorded_and_an_approval_that_does_not_bind_it_sa
     import hashlib
 
     from review_support import SAMPLE, drop_schema
-    from test_review_certificate import certificate_text
+    from review_support import certificate_text
     from tilpheno.review import service as module
     from tilpheno.review.models import AuditEntry
 
@@ -2268,7 +2268,7 @@ def test_the_certificate_names_the_panel_file_the_run_read(kind, tmp_path, proce
     import hashlib
 
     from review_support import database_url, drop_schema, make_service
-    from test_review_certificate import certificate_text
+    from review_support import certificate_text
 
     pid = "TIL001"
     for panel in (SAMPLE_PANEL, ""):

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from review_support import OOS_REASON, PASSWORDS, approval_resolutions, flagged_out, fresh_service, processed_once, review_out, review_source, service, source3, standing_approval_id  # noqa: F401  (fixtures)
+from review_support import login
 from tilpheno.review.audit import Clock
 from tilpheno.review.db import ReviewError
 from tilpheno.review.web import COOKIE, create_app
@@ -21,17 +22,6 @@ PID = "TIL001"
 @pytest.fixture(scope="module")
 def app(service):
     return create_app(service)
-
-
-def login(app, name):
-    c = app.test_client()
-    page = c.get("/login")
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-    r = c.post("/login", data={"username": name, "password": PASSWORDS[name], "csrf_token": csrf, "next": "/"})
-    assert r.status_code == 302, r.text
-    home = c.get("/")
-    token = re.search(r'name="csrf_token" value="([^"]+)"', home.text).group(1)
-    return c, {"X-CSRF-Token": token}, r
 
 
 def close_refusal_windows(service):

@@ -17,7 +17,7 @@ from tilpheno.errors import TableError
 from tilpheno.scaffold import draft_study, write_study
 from tilpheno.vocabulary import default_vocabulary
 
-from test_undetermined import blank_variables
+from undetermined_support import blank_variables
 
 ROOT = Path(__file__).resolve().parents[1]
 NEWLAB = ROOT / "tests" / "data" / "newlab"
@@ -2077,7 +2077,7 @@ def test_a_kind_name_is_never_after_an_article(tmp_path):
     said 'for the 1 of 2 products without a il10 file' and the codebook 'blank for a product without a
     il10 tube' (an article before a name that starts with a vowel sound; a manifest FMO marker on an
     unstained row: 'given for a unstained row') -> the lines name the kind or role without an article."""
-    from test_panel import design_file
+    from design_support import design_file
 
     from tilpheno.io.manifest import read_manifest
 

@@ -21,7 +21,7 @@ from tilpheno.cli import app
 from tilpheno.errors import StudyError
 from tilpheno.study import bundled_studies, default_study, load_study
 
-from test_undetermined import blank_variables
+from undetermined_support import blank_variables
 
 ROOT = Path(__file__).resolve().parents[1]
 NEWLAB = ROOT / "tests" / "data" / "newlab"

@@ -13,25 +13,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from fmo_support import HELD_FMO_STRATEGY, fmo_toy, toy_tube
+from fmo_support import HELD_FMO_STRATEGY, fmo_toy, toy_tube, treg_parent
+from undetermined_support import FILE, RELEASE
 from tilpheno.cli import app
 from tilpheno.gates import checks
-
-ROOT = Path(__file__).resolve().parents[1]
-FILE = ROOT / "tests" / "data" / "fcs" / "flowio" / "100715.fcs"
-RELEASE = """name: lab release
-criteria:
-  - {name: Events acquired, column: n_events_tube025, op: ">=", limit: 5000, unit: events}
-  - {name: CD4 of T cells, column: cd4_pct_of_cd3, op: ">", limit: 10}
-  - {name: CD4 T cells counted, column: n_cd4pos_tube025, op: ">=", limit: 100, unit: events}
-"""
-
-
-def blank_variables(qc: pd.DataFrame, product: str) -> set[str]:
-    """The variables qc.csv's ``undetermined`` flags of ``product`` say were left blank (resting on a gate
-    undetermined without an FMO or unstained control)."""
-    said = qc.loc[(qc["product_id"].astype(str) == product) & (qc["code"] == "undetermined"), "message"]
-    return {v for m in said for v in m.split(" left blank (NA)")[0].rsplit(": ", 1)[1].split(", ")}
 
 
 def _process(folder: Path, study: Path, out: Path, reports: str = "none") -> str:
@@ -612,7 +597,6 @@ def test_an_fmo_gates_excess_and_reference_positives_below_undetermined_gates_qu
     events are FoxP3+') -> with held, 'more than' the excess limit and 'some'; without, the shares measured here.
     The excess is the FMO parent's (held when that rests on them, control_held), the reference's share is read on both
     files' reference events ('some' when either rests on them; undet_52)."""
-    from test_fmo_gates_simulated import _treg_parent
 
     rng = np.random.default_rng(8)
     fmo, stained = rng.normal(0.2, 0.03, 5000), rng.normal(0.1, 0.03, 5000)   # stained negatives below the FMO's
@@ -630,7 +614,7 @@ def test_an_fmo_gates_excess_and_reference_positives_below_undetermined_gates_qu
     assert "CD4+ (CD4): more than 1.5% of the FMO's parent events lie above the threshold" in said, said
     assert share not in said and re.findall(r"\d+\.\d+%", said) == ["1.5%", "0.5%"], said   # the limit, the nominal
 
-    tr, population, treg_fmo, s, _ = _treg_parent(93031)
+    tr, population, treg_fmo, s, _ = treg_parent(93031)
     ref_fmo, ref_stained, _ = population(10000, 0.02)
 
     def reference(**held):
