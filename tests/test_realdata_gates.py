@@ -259,7 +259,7 @@ def test_a_control_without_one_detector_is_used_for_the_markers_it_has():
     events. CD45+ holds no unstained event (no stain), so T cells, CD4+ and CD8+ are judged on all
     the control's events, as with the detector; one info line names the missing marker and CD45+,
     the gate left without the check."""
-    from tilpheno.phenotype import unstained_check, unstained_values
+    from tilpheno.phenotype import _on_control, unstained_check, unstained_reading
 
     n = 10000
     strategy, state, rng, control = _unstained_case(n)
@@ -282,9 +282,10 @@ def test_a_control_without_one_detector_is_used_for_the_markers_it_has():
                          "not checked on the control: CD45+")
     assert all(f.severity == "info" for f in checked.flags if f.code == "unstained_control")
     t_cells = next(p for p in strategy.populations if p.name == "T cells")
-    np.testing.assert_array_equal(unstained_values(strategy, state, lacking, t_cells.dims[0], t_cells.parent), control["CD3"])
+    on_lacking = _on_control(strategy, state.gates, lacking)   # the stained file's gates applied to the control
+    np.testing.assert_array_equal(unstained_reading(strategy, on_lacking, t_cells.dims[0], t_cells.parent)[1], control["CD3"])
     cd45 = next(p for p in strategy.populations if p.name == "CD45+")
-    assert unstained_values(strategy, state, lacking, cd45.dims[0], cd45.parent) is None
+    assert unstained_reading(strategy, on_lacking, cd45.dims[0], cd45.parent) is None
 
 
 def test_a_control_without_a_detector_of_a_two_marker_gate_leaves_it_and_the_gates_below_unchecked():

@@ -860,18 +860,11 @@ def _control_base(strategy: Strategy, parent: str, stained_defined: frozenset[st
     return next((p.name for p in strategy.lineage(parent) if p.name not in stained_defined), ROOT)
 
 
-def unstained_values(strategy: Strategy, state: _Gated, control: TubeData, dim: str, population: str) -> np.ndarray | None:
-    """The unstained ``control``'s events on marker ``dim`` (transformed) in ``population`` or its nearest
-    ancestor not defined by stains, the stained file's gates placed so far (``state.gates``) applied to
-    it; None when the control lacks the marker or that population."""
-    read = unstained_reading(strategy, _on_control(strategy, state.gates, control), dim, population)
-    return None if read is None else read[1]
-
-
 def unstained_reading(strategy: Strategy, gated: ControlGated, dim: str, population: str) -> tuple[str, np.ndarray] | None:
-    """(the population, the values) of :func:`unstained_values`, the gates applied to the control (``gated``,
-    :func:`_on_control`): where the control's events were read (``population`` or its nearest ancestor not
-    defined by stains; ROOT: all of them) and their values."""
+    """The unstained control's events on marker ``dim`` (transformed) in ``population`` or its nearest ancestor
+    not defined by stains, the stained file's gates applied to the control (``gated``, :func:`_on_control`):
+    (that population, ROOT: all of its events; the values), None when the control lacks the marker or that
+    population."""
     control = gated.control
     if dim not in control.data:
         return None
@@ -1266,7 +1259,7 @@ class _TubeKindRun:
                       ) -> tuple[pl.Placement, str, tuple[str, ...], tuple[str, ...]] | None:
         """Without its FMO, ``pop``'s threshold anchored on the product's unstained control as on an FMO
         (:meth:`_anchored`, as ``control: unstained``): the control's events in the nearest ancestor of the
-        parent an unstained cell reaches, the stained file's gates applied (:func:`unstained_values`), carried to
+        parent an unstained cell reaches, the stained file's gates applied (:func:`unstained_reading`), carried to
         the parent's own stained negatives, not through a ``skew_reference`` (the control lacks every stain's
         spreading, which the T cells' stains put into the parent and not into a marker-poor reference: PD1's
         CD3- reference carried V165055's PD1+ cut to 10 points above the ideal-FMO reference, the parent's own
@@ -1370,7 +1363,7 @@ class _TubeKindRun:
 
     def _unstained(self, i: int, pop: Population) -> np.ndarray | None:
         """The product's unstained control's events for file ``i``'s one-population valley cut of
-        ``pop`` (:func:`unstained_values`), None for a control file or without a usable control."""
+        ``pop`` (:func:`unstained_reading`), None for a control file or without a usable control."""
         if self.sources[i].role != "stain" or self.control is None:
             return None
         control = self.control()
