@@ -239,9 +239,9 @@ def fresh_service(request, source3, tmp_path):
         yield svc
 
 
-def login(app, name):
-    """``name`` logged in on a Flask test client of ``app`` (the login form's CSRF token posted): (the client,
-    the header carrying the session's CSRF token, the login's answer)."""
+def logged_in_client(app, name):
+    """A Flask test client of ``app`` logged in as ``name`` through the login form (its CSRF token posted, the
+    password checked, the session made and audited by the app): (the client, the login's answer)."""
     import re
 
     c = app.test_client()
@@ -249,6 +249,15 @@ def login(app, name):
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
     r = c.post("/login", data={"username": name, "password": PASSWORDS[name], "csrf_token": csrf, "next": "/"})
     assert r.status_code == 302, r.text
+    return c, r
+
+
+def login(app, name):
+    """``name`` logged in on a Flask test client of ``app`` (:func:`logged_in_client`): (the client, the header
+    carrying the session's CSRF token, the login's answer)."""
+    import re
+
+    c, r = logged_in_client(app, name)
     home = c.get("/")
     token = re.search(r'name="csrf_token" value="([^"]+)"', home.text).group(1)
     return c, {"X-CSRF-Token": token}, r

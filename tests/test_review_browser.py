@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import select
 
 from review_support import PASSWORDS, database_url, drop_schema, flagged_out, make_service, processed_once, review_out, review_source  # noqa: F401
-from review_support import OOS_REASON, approval_resolutions
+from review_support import OOS_REASON, approval_resolutions, logged_in_client
 from tilpheno.review.models import AuditEntry, User
 
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -53,6 +53,10 @@ def driver(tmp_path_factory):
     d.quit()
 
 
+SERVED: dict[str, object] = {}
+"""The app :func:`serving` serves at each base URL now (:func:`signed_in` logs in on it)."""
+
+
 @contextmanager
 def serving(app):
     """``app`` on a threaded HTTP server at a free port of 127.0.0.1 that stops cleanly (`tilpheno
@@ -62,9 +66,12 @@ def serving(app):
     srv = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
+    base = f"http://127.0.0.1:{srv.server_port}"
+    SERVED[base] = app
     try:
-        yield f"http://127.0.0.1:{srv.server_port}"
+        yield base
     finally:
+        del SERVED[base]
         srv.shutdown()
         thread.join(5)
 
@@ -157,14 +164,40 @@ def justification_typed(driver, base: str) -> str:
     return wait(driver, lambda d: kept_draft(d, "dave"), "the justification kept in the browser")
 
 
+def signed_in(driver, base: str, user: str) -> None:
+    """The browser holds a fresh session of ``user`` at ``base``: the app's own login made it (its form posted by
+    a test client of the app: password checked, session made and audited, :func:`review_support.logged_in_client`)
+    and the browser's cookie is set to it, as the login's answer sets it, with no page loaded: the login page and
+    its post cost Chromium as much CPU as the product page. The tests of logging in and out, of a session's
+    expiry and of reloads log in on the page (:func:`log_in`)."""
+    from tilpheno.review.web import COOKIE
+
+    client, _ = logged_in_client(SERVED[base], user)
+    driver.delete_all_cookies()   # cookies are per host, not per port: forget the previous server's session
+    driver.execute_cdp_cmd("Network.setCookie", {"name": COOKIE, "value": client.get_cookie(COOKIE).value,
+                                                 "url": base + "/", "httpOnly": True, "sameSite": "Strict"})
+
+
+def product_shown(driver, version: int = 1) -> None:
+    """Wait for a product's page at gate version ``version``."""
+    wait(driver, lambda d: f"gate version {version}" in d.find_element("id", "version-badge").text, "the product page")
+
+
 def open_product(driver, base: str, user: str = "alice", version: int = 1, pid: str = PID) -> None:
-    """Log in as ``user`` on a fresh session and wait for product ``pid``'s page at ``version``."""
+    """``user`` on a fresh session (:func:`signed_in`) and product ``pid``'s page at ``version`` loaded."""
+    signed_in(driver, base, user)
+    driver.get(base + f"/products/{pid}")
+    product_shown(driver, version)
+
+
+def log_in(driver, base: str, user: str = "alice", version: int = 1, pid: str = PID) -> None:
+    """Log in as ``user`` on the login page on a fresh session and wait for product ``pid``'s page at ``version``."""
     driver.delete_all_cookies()   # cookies are per host, not per port: forget the previous server's session
     driver.get(base + f"/products/{pid}")
     driver.find_element("id", "username").send_keys(user)
     driver.find_element("id", "password").send_keys(PASSWORDS[user])
     driver.find_element("id", "login-button").click()
-    wait(driver, lambda d: f"gate version {version}" in d.find_element("id", "version-badge").text, "the product page")
+    product_shown(driver, version)
 
 
 def test_review_flow_in_chromium(driver, server, tmp_path):
@@ -172,7 +205,7 @@ def test_review_flow_in_chromium(driver, server, tmp_path):
 
     service, base = server
     driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
-    open_product(driver, base)
+    log_in(driver, base)   # the login page (the other tests sign in without it: signed_in)
     start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
     # the CD3 axis is labelled in raw decades, as in the reports
     ticks = [e.text for e in driver.find_elements("css selector", '[data-svg="surface|CD3+"] text[data-tick="x"]')]
@@ -330,11 +363,8 @@ def test_a_study_without_lymphocyte_gate_shows_no_empty_lymph_column(driver, tmp
     pid = service.source.product_ids()[0]
     try:
         with serving(create_app(service)) as base:
-            driver.delete_all_cookies()
+            signed_in(driver, base, "alice")
             driver.get(f"{base}/products/{pid}")
-            driver.find_element("id", "username").send_keys("alice")
-            driver.find_element("id", "password").send_keys(PASSWORDS["alice"])
-            driver.find_element("id", "login-button").click()
             table = wait(driver, lambda d: d.find_element("id", "population-table"), "the population table")
             heads = [th.text for th in table.find_elements("css selector", "th")]
             assert heads == ["tube / population", "auto n", "auto % parent", "draft n", "draft % parent"], heads
@@ -880,10 +910,10 @@ def test_a_draft_outlives_an_expired_session(driver, server):
     msg = wait(driver, lambda d: d.find_element("id", "message").text if "expired" in d.find_element("id", "message").text
                else None, "the expired session")
     assert "draft is kept in this browser" in msg, msg
-    open_product(driver, base, "carol")   # another user at this browser: nothing of alice's
+    log_in(driver, base, "carol")   # another user at this browser: nothing of alice's
     time.sleep(1.0)
     assert "Restored" not in driver.find_element("id", "message").text and draft_pct(driver) == start
-    open_product(driver, base, "alice")
+    log_in(driver, base, "alice")
     msg = wait(driver, lambda d: d.find_element("id", "message").text if "Restored" in d.find_element("id", "message").text
                else None, "the restored draft")
     assert "(surface/CD3+)" in msg and "not saved" in msg, msg
@@ -1002,7 +1032,7 @@ def test_log_out_forgets_the_users_kept_drafts_but_not_anothers(driver, server):
         wait(driver, lambda d: d.find_element("id", "login-button"), "the login page")
         assert kept_draft(driver, "alice") is None and kept_draft(driver, "alice", "TIL002") is None
         assert kept_draft(driver, "carol", "TIL002") == '{"edited": []}'
-        open_product(driver, base, "alice")
+        log_in(driver, base, "alice")
         time.sleep(1.0)
         assert "Restored" not in driver.find_element("id", "message").text and draft_pct(driver) == start
     driver.execute_script("window.localStorage.clear();")
@@ -1031,7 +1061,7 @@ def test_a_tab_left_open_after_log_out_keeps_no_draft(driver, server):
     driver.switch_to.window(second)
     driver.close()
     driver.switch_to.window(first)
-    open_product(driver, base, "alice")   # logged in again: a page loaded now keeps its draft
+    log_in(driver, base, "alice")   # logged in again: a page loaded now keeps its draft
     assert draft_pct(driver) == start
     drag_cd3(driver, 40)
     wait(driver, lambda d: kept_draft(d, "alice"), "the draft kept in the browser")
@@ -1338,7 +1368,7 @@ def test_an_unsigned_comment_is_kept_in_the_browser(driver, server):
             driver.find_element("css selector", 'form[action="/logout"] button').click()
             wait(driver, lambda d: d.find_element("id", "login-button"), "the login page")
             assert kept_draft(driver, "alice") is None
-            open_product(driver, base, "alice")
+            log_in(driver, base, "alice")
             time.sleep(1.0)
             assert "Restored" not in driver.find_element("id", "message").text
             assert driver.find_element("id", "comment").get_attribute("value") == ""
@@ -1572,11 +1602,8 @@ def test_a_product_that_cannot_be_opened_names_its_release_spec_in_the_heading(d
     driver.get_log("browser")
     try:
         with serving(create_app(service)) as base:
-            driver.delete_all_cookies()
+            signed_in(driver, base, "alice")
             driver.get(base + f"/products/{PID}")
-            driver.find_element("id", "username").send_keys("alice")
-            driver.find_element("id", "password").send_keys(PASSWORDS["alice"])
-            driver.find_element("id", "login-button").click()
             message = wait(driver, lambda d: d.find_element("id", "message").text, "the refusal in the message bar")
             assert f"{inputs / stained}: SHA-256 differs from run.json" in message, message
             headings = [h.text for h in driver.find_elements("css selector", ".side h2")]
@@ -1848,11 +1875,8 @@ def test_the_product_list_says_a_product_was_re_run_after_signing(driver, tmp_pa
     service = build_service(tmp_path / "out", url)
     try:
         with serving(create_app(service)) as base:
-            driver.delete_all_cookies()
+            signed_in(driver, base, "dave")
             driver.get(base + "/")
-            driver.find_element("id", "username").send_keys("dave")
-            driver.find_element("id", "password").send_keys(PASSWORDS["dave"])
-            driver.find_element("id", "login-button").click()
             counts = wait(driver, lambda d: " ".join(d.find_element("id", "run-counts").text.split()), "the product list")
             cell = driver.find_element("link text", PID).find_elements("xpath", "../../td")[2]
             assert cell.text == ("not approved: approval for release of version 1 void: re-run after signing: needs "
