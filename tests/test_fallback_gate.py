@@ -313,6 +313,51 @@ def test_the_skew_carry_follows_a_right_skewed_binding_tail_the_control_lacks():
 
 
 
+def test_the_skew_carry_takes_the_references_shift_where_a_pd1_rich_parents_dim_positives_pull_its_own_up():
+    """A PD1-rich parent (stop 55, issue 13: CD8+PD1+ 3-5 points under the ideal-FMO reference without the PD1 FMO):
+    synthetic events, linear units, the PD1 logicle: an unstained control (autofluorescence), negatives = control-like
+    cells + the other stains' spreading (normal, SD 130, which the CD3- reference lacks) + the same normal-shaped
+    binding on every cell (log-SD 0.4, median 40), a reference of such negatives without that spreading, and a parent
+    with 35 % dim positives (median 700) next to its negatives, which pull its own negative mode and so its shift up.
+    The truth is the negatives' own 99.5th percentile. The reference's skew is below the parent's lower-side spread
+    (``placement.reference_shift_carried``): the carry takes the reference's shift and replaces the parent's own
+    carry-over (``skew_raised_from``) downwards, winner ``skew_carry``, nearer the truth by more than 1.5 points of the
+    parent (issue 13's PD1 tolerance); ``skew_lowered_points`` is the % between the two. Parents without positives
+    (the same cells, seeds 55-57) are moved by less than 0.5 points."""
+    from tilpheno.gates.checks import place_and_check
+    from tilpheno.gates.placement import reference_binding, reference_shift_carried
+
+    transform = load_strategy(default_strategy_paths()[0]).transform_for("PD1")
+    kw = dict(percentile=99.5, source_file="u.fcs", rule="relative", transform=transform,
+              control_name="unstained control")
+    for seed in (55, 56, 57):
+        for share in (0.35, 0.0):
+            rng = np.random.default_rng(seed)
+            n = 20000
+            control = transform.apply(rng.normal(60.0, 35.0, n))
+            k = int((1.0 - share) * n)
+            negs = rng.normal(60.0, 35.0, k) + rng.normal(0.0, 130.0, k) + 40.0 * np.exp(0.4 * rng.standard_normal(k))
+            parent = transform.apply(np.concatenate([negs, 700.0 * np.exp(0.6 * rng.standard_normal(n - k))]))
+            reference = transform.apply(rng.normal(60.0, 35.0, n) + rng.normal(0.0, 30.0, n)
+                                        + 40.0 * np.exp(0.4 * rng.standard_normal(n)))
+            binding, own = reference_binding(control, reference, transform), reference_binding(control, parent, transform)
+            assert binding is not None and own is not None and reference_shift_carried(own, binding), (binding, own)
+            d = place_and_check("CD8+PD1+", "PD1", control, parent, skew_stained=reference, **kw).diagnostics
+            truth = float(transform.apply(np.array([np.percentile(negs, 99.5)]))[0])
+            cut, before = float(d["threshold"]), float(d["skew_raised_from"])
+
+            def error(c: float) -> float:
+                return 100.0 * (np.count_nonzero(parent > c) - np.count_nonzero(parent > truth)) / n
+
+            lowered = 100.0 * np.count_nonzero((parent > cut) & (parent <= before)) / n
+            assert d["winner"] == "skew_carry" and d["skew_lowered_points"] == pytest.approx(lowered, abs=1e-9), d
+            assert d["skew_shift"] == pytest.approx(binding.shift, abs=1e-9), d
+            if share:
+                assert abs(error(cut)) < abs(error(before)) - 1.5, (seed, error(cut), error(before))
+            else:
+                assert lowered < 0.5, (seed, error(cut), error(before))
+
+
 def test_a_fallback_cut_inside_the_bulk_of_the_cells_outside_the_reference_moves_to_the_valley_above_them(tmp_path):
     """Issue 13, stop 54 (cd56fb_54): without its CD56 FMO, CD56+ anchors on the unstained control, which lacks CD8's
     tandem spillover into CD56; the stained valley between the control-like CD8- cells and the CD8+ T cells won and

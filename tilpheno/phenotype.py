@@ -1314,7 +1314,12 @@ class _TubeKindRun:
             + (f"; the cut was raised from {d['skew_raised_from']:.4g} by the right-skewed {marker} tail of {reference} "
                f"(skew {d['skew_extra']:.0f} linear units, stained {reference} vs the unstained control)"
                + ("" if held else f", {d['skew_points']:.1f} points of the parent fewer called positive")
-               if d.get("winner") == "skew_carry" else "")
+               if d.get("winner") == "skew_carry" and "skew_lowered_points" not in d else "")
+            + (f"; the cut was lowered from {d['skew_raised_from']:.4g} to the carry-over on the {marker} shift of "
+               f"{reference} ({d['skew_shift']:.0f} linear units; the parent's own {d['skew_parent_shift']:.0f}, pulled up "
+               f"by its dim positives)"
+               + ("" if held else f", {d['skew_lowered_points']:.1f} points of the parent more called positive")
+               if "skew_lowered_points" in d else "")
             + (f"; the cut was moved up from {d['outside_raised_from']:.4g} to the stained valley above the peak "
                f"{d['outside_peak']:.4g} of the parent's cells outside {reference} (stated {marker}-negative, their "
                f"spillover the control lacks)"

@@ -304,8 +304,8 @@ def _skew_message(name: str, marker: str, cut: float, d: Mapping[str, Any], high
                      f"{_points(d['tail_points'], limit, held)} of the parent (limit {limit:g}): the reads do not fix the "
                      f"shape of a heavy binding tail")
     return (f"{name}: the threshold {cut:.3f} (rule skew_carry: the {control_name} percentile carried over with the "
-            f"parent's own binding and the reference population's right skew, raised from "
-            f"{float(d['skew_raised_from']):.3f}) {'; and '.join(parts)}; look at the {marker} histogram of the parent "
+            f"parent's own binding and the reference population's right skew, "
+            f"{'lowered' if 'skew_lowered_points' in d else 'raised'} from {float(d['skew_raised_from']):.3f}) {'; and '.join(parts)}; look at the {marker} histogram of the parent "
             f"and of the reference population, stained vs {control_name}")
 
 
@@ -582,8 +582,10 @@ def place_and_check(
                 # the cut is the skew carry-over, raised from the parent's own carry-overs by the reference's skew:
                 # judged by its own reading's sampling error (its distance from them is the raise itself)
                 assert skew_stained is not None
+                # a carry that replaced a higher cut (placement's skew_lowered_points) has no floor
+                floor = -math.inf if "skew_lowered_points" in d else float(d["skew_raised_from"])
                 err = pl.skew_cut_error(fmo, stained, skew_stained, anchor["transform"], percentile,
-                                        floor=float(d["skew_raised_from"]), max_shift=anchor.get("max_shift", pl.MAX_SHIFT))
+                                        floor=floor, max_shift=anchor.get("max_shift", pl.MAX_SHIFT))
                 d["skew_error"] = err
                 # the raise explains the parent's carry-overs below the cut, not its upper-side one above it
                 d["skew_upper_points"] = from_high if high > cut else 0.0

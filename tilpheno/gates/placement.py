@@ -1779,14 +1779,33 @@ def sorted_fmo_linear(fmo_values: np.ndarray, transform: Any) -> np.ndarray:
     return np.sort(_finite_linear(fmo_values, transform))
 
 
+def reference_shift_carried(parent: ReferenceBinding, binding: ReferenceBinding) -> bool:
+    """The skew carry takes the ``skew_reference``'s shift (``binding.shift``) for the parent's own (``parent.shift``,
+    both read against the unstained control, linear units): where the reference's shift is the lower and its right
+    skew no more than the parent's lower-side spread (a normal signal, not a heavy binding tail). Every cell of the
+    tube gets the same binding, so a marker-poor reference reads its shift; a PD1-rich parent's dim positives pull
+    its own negative mode up, and the carry with it (CD8+PD1+ 3-4 points under the ideal-FMO reference, stop 55).
+    The parent's lower-side spread stays its own (a T-cell parent carries the other stains' spreading, which the
+    CD3- reference lacks). Not under a heavy tail (skew above that spread): the shift then carries part of the tail
+    the normal carry-over under-reaches (the heavy binding set's over-calls grew, 18 -> 39 values beyond 1.5 points
+    of 120, stop 55)."""
+    return bool(binding.shift < parent.shift and binding.skew <= parent.spread)
+
+
 def skew_carry_binding(control: np.ndarray, stained: np.ndarray, binding: ReferenceBinding, transform: Any, *,
                        max_shift: float = MAX_SHIFT) -> ReferenceBinding | None:
     """The signal :func:`skew_carried_cut` adds to the unstained ``control``'s events: the ``stained`` parent's own
-    binding read against the control (:func:`reference_binding`: shift and lower-side spread) with the reference
-    population's right skew (``binding.skew``, read on its stained events vs the same control) as its skew, linear
-    units (:attr:`ReferenceBinding.total_spread` the carry's SD); None when the parent's binding cannot be read."""
+    binding read against the control (:func:`reference_binding`: shift and lower-side spread), its shift replaced by
+    the reference population's where :func:`reference_shift_carried` says so, with the reference population's right
+    skew (``binding.skew``, read on its stained events vs the same control) as its skew, linear units
+    (:attr:`ReferenceBinding.total_spread` the carry's SD; ``mode_shift`` the parent's own shift, linear units, where
+    the reference's replaced it, else NaN); None when the parent's binding cannot be read."""
     parent = reference_binding(control, stained, transform, max_shift=max_shift)
-    return None if parent is None else ReferenceBinding(parent.shift, parent.spread, binding.skew)
+    if parent is None:
+        return None
+    if reference_shift_carried(parent, binding):
+        return ReferenceBinding(binding.shift, parent.spread, binding.skew, mode_shift=parent.shift)
+    return ReferenceBinding(parent.shift, parent.spread, binding.skew)
 
 
 def skew_carried_cut(control: np.ndarray, stained: np.ndarray, binding: ReferenceBinding, transform: Any,
@@ -1794,9 +1813,17 @@ def skew_carried_cut(control: np.ndarray, stained: np.ndarray, binding: Referenc
     """The unstained ``control``'s ``percentile`` carried to the ``stained`` parent with the parent's own binding read
     against it (:func:`reference_binding`: shift and lower-side spread) and the reference population's right skew
     (``binding.skew``, read on its stained events vs the same control) added in quadrature to that spread
-    (:func:`skew_carry_binding`, :func:`additive_threshold`): the carry-over of :func:`place_fmo_anchored`'s
-    ``skew_binding``. Transformed units in and out; NaN when the parent's binding cannot be read."""
-    carry = skew_carry_binding(control, stained, binding, transform, max_shift=max_shift)
+    (:func:`skew_carry_binding`, :func:`additive_threshold`; the reference's shift for the parent's where
+    :func:`reference_shift_carried`): the carry-over of :func:`place_fmo_anchored`'s ``skew_binding``. Transformed
+    units in and out; NaN when the parent's binding cannot be read."""
+    return carried_skew_cut(control, skew_carry_binding(control, stained, binding, transform, max_shift=max_shift),
+                            transform, percentile)
+
+
+def carried_skew_cut(control: np.ndarray, carry: ReferenceBinding | None, transform: Any, percentile: float) -> float:
+    """The unstained ``control``'s ``percentile`` carried over with ``carry`` (:func:`skew_carry_binding`'s signal:
+    its shift and :attr:`ReferenceBinding.total_spread`, :func:`additive_threshold`), transformed units; NaN without
+    one."""
     if carry is None:
         return float("nan")
     carried = additive_threshold(_finite_linear(control, transform), carry.shift, carry.total_spread, percentile)
@@ -2049,7 +2076,7 @@ def skew_cut_error(control: np.ndarray, stained: np.ndarray, reference_stained: 
     read again against the resampled control (:func:`reference_binding`), the parent's own shift and lower-side
     spread again and the control's percentile carried over with both (:func:`skew_carried_cut`), the cut taken as
     the placement takes it, not below ``floor`` (the rule's cut it was raised from, ``skew_raised_from``: a
-    resample whose skew raises less leaves the gate there); the half-width is :func:`_robust_half_width` of those
+    resample whose skew raises less leaves the gate there; -inf for a cut that replaced a higher one); the half-width is :func:`_robust_half_width` of those
     cuts. The reading's noise only: a reference whose binding tail differs from
     the parent's is not seen here. NaN with fewer than :data:`MIN_REFERENCE_EVENTS` events in the control or the
     reference, fewer than 20 in the parent, or fewer than 2 resamples read."""
@@ -2157,7 +2184,11 @@ def place_fmo_anchored(
     ``skew_cut`` (:func:`skew_carried_cut`); where that raised it, ``winner`` is ``skew_carry`` and
     ``skew_raised_from`` the cut it replaced. ``skew_cut``, ``skew_extra`` (the reference's skew, linear units)
     and ``skew_points`` (% of the stained parent between the rule's cut and a ``skew_cut`` above it, else 0) are
-    recorded with it.
+    recorded with it. Where the carry takes the reference's shift for the parent's own
+    (:func:`reference_shift_carried`: ``skew_shift`` and ``skew_parent_shift`` recorded, linear units) it also
+    replaces a lower ``fmo_relative`` cut, the parent's own carry-over read on the shift its dim positives pull up
+    (not a valley): ``winner`` ``skew_carry``, ``skew_raised_from`` the cut it replaced, ``skew_lowered_points`` the %
+    of the stained parent between the two.
     ``outside_values`` (the same fallback, where the strategy states the parent's cells outside the
     ``skew_reference`` marker-negative, ``outside_cells: negative``: those cells' stained events): the control lacks
     the spillover other stains put into them (CD56: CD8's tandem into the CD8+ T cells), and no valley or carry-over
@@ -2288,12 +2319,22 @@ def place_fmo_anchored(
                 # fit's share grows with its cut and climbs into dim positives (stop 43): their valley is the cut
                 winner, cut = "stained_valley", float(density.grid[v])
     if skew_binding is not None and transform is not None and rule != "percentile":
-        skew_cut = skew_carried_cut(fmo_x, x, skew_binding, transform, percentile, max_shift=max_shift)
+        carry = skew_carry_binding(fmo_x, x, skew_binding, transform, max_shift=max_shift)
+        skew_cut = carried_skew_cut(fmo_x, carry, transform, percentile)
         raised = bool(skew_cut > cut)   # NaN (no negative peak read) raises nothing
+        # on the reference's shift the carry reads the parent's binding better than the parent's own carry-over,
+        # whose shift the same dim positives pull up: it replaces that, downwards too (not a valley)
+        on_reference = carry is not None and math.isfinite(carry.mode_shift)
+        lowered = on_reference and winner == "fmo_relative" and bool(skew_cut < cut)
         diagnostics.update(skew_cut=skew_cut, skew_extra=skew_binding.skew,
                            skew_points=100.0 * np.count_nonzero((x > cut) & (x <= skew_cut)) / x.size if raised else 0.0)
-        if raised:
+        if on_reference:
+            assert carry is not None
+            diagnostics.update(skew_shift=carry.shift, skew_parent_shift=carry.mode_shift)
+        if raised or lowered:
             diagnostics["skew_raised_from"] = float(cut)
+            if lowered:
+                diagnostics["skew_lowered_points"] = 100.0 * np.count_nonzero((x > skew_cut) & (x <= cut)) / x.size
             winner, cut = "skew_carry", skew_cut
     if outside_values is not None and rule != "percentile":
         winner, cut = _outside_moved(density, x, outside_values, bandwidth, min_prominence, percentile, winner,
