@@ -387,15 +387,28 @@ def _manifest_missing(small_cohort, tmp_path):
     return manifest, rows, gone
 
 
-def test_a_missing_manifest_file_fails_its_product_only(small_cohort, processed, tmp_path):
+@pytest.fixture(scope="module")
+def missing_file_run(small_cohort, tmp_path_factory):
+    """``process`` of the small cohort with the manifest of :func:`_manifest_missing`, ``--reports
+    later`` (CliRunner), made once for the two tests of that run, which only read its OUT (the one
+    that draws its reports copies it first): (manifest path, its rows, the row's index, OUT, the
+    invocation's result)."""
+    work = tmp_path_factory.mktemp("missing")
+    manifest, rows, gone = _manifest_missing(small_cohort, work)
+    out = work / "out"
+    result = CliRunner().invoke(app, ["process", str(small_cohort.out_dir), "--manifest", str(manifest),
+                                      "-o", str(out), "--reports", "later"])
+    return manifest, rows, gone, out, result
+
+
+def test_a_missing_manifest_file_fails_its_product_only(small_cohort, processed, missing_file_run, tmp_path):
     """A manifest row naming a file that does not exist stopped the whole batch (exit 2, one line,
     nothing processed) -> it is that product's problem: TIL002 failed (its treg stain missing),
     named with the manifest's row and the path looked for; TIL001 and TIL003 processed as in a
-    clean run; exit 1. A manifest that cannot be used at all (an unknown role) still stops (exit 2)."""
-    manifest, rows, gone = _manifest_missing(small_cohort, tmp_path)
-    out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["process", str(small_cohort.out_dir), "--manifest", str(manifest),
-                                      "-o", str(out), "--reports", "none"])
+    clean run; exit 1. A manifest that cannot be used at all (an unknown role) still stops (exit 2).
+    The run is :func:`missing_file_run`'s (``--reports later``: the tables are those of any reports
+    setting), shared with test_reports_of_a_run_with_a_missing_file_can_be_drawn_later."""
+    manifest, rows, gone, out, result = missing_file_run
     assert result.exit_code == 1, result.output
     line = gone + 2   # the header is line 1
     why = (f"{manifest}: row {line}, column 'file': 'TIL002_treg_stain_lost.fcs' does not exist or is not a "
@@ -412,24 +425,24 @@ def test_a_missing_manifest_file_fails_its_product_only(small_cohort, processed,
         for col in ("viability_pct", "cd8pd1_pct_of_cd8", "cd4foxp3_pct_of_cd4"):
             assert float(phen.loc[pid, col]) == clean.loc[pid, col], (pid, col)
 
-    rows.loc[gone, "role"] = "stained"
-    rows.to_csv(manifest, index=False)
-    result = CliRunner().invoke(app, ["process", str(small_cohort.out_dir), "--manifest", str(manifest),
+    unusable = tmp_path / "manifest.csv"
+    rows.assign(role=rows["role"].where(rows.index != gone, "stained")).to_csv(unusable, index=False)
+    result = CliRunner().invoke(app, ["process", str(small_cohort.out_dir), "--manifest", str(unusable),
                                       "-o", str(tmp_path / "out2")])
     assert result.exit_code == 2 and "unknown role 'stained'" in result.output
     assert not (tmp_path / "out2").exists()
 
 
-def test_reports_of_a_run_with_a_missing_file_can_be_drawn_later(small_cohort, tmp_path):
+def test_reports_of_a_run_with_a_missing_file_can_be_drawn_later(small_cohort, missing_file_run, tmp_path):
     """A run with a manifest file missing, --reports later: `tilpheno report OUT` refused the whole
     run ('input file changed or missing since the run', exit 2) though the file was missing then too
-    -> the reports are drawn (exit 1: TIL002 still failed). The file appearing since is a change: refused."""
-    manifest, _, _ = _manifest_missing(small_cohort, tmp_path)
-    out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["process", str(small_cohort.out_dir), "--manifest", str(manifest),
-                                      "-o", str(out), "--reports", "later"])
+    -> the reports are drawn (exit 1: TIL002 still failed). The file appearing since is a change: refused.
+    The run is :func:`missing_file_run`'s; its reports are drawn in a copy of its OUT."""
+    *_, made, result = missing_file_run
     assert result.exit_code == 1, result.output
-    assert not list(out.glob("products/*/report.html"))
+    assert not list(made.glob("products/*/report.html"))
+    out = tmp_path / "out"
+    shutil.copytree(made, out, symlinks=True)
     result = CliRunner().invoke(app, ["report", str(out)])
     assert result.exit_code == 1, result.output
     assert sorted(p.parent.name for p in out.glob("products/*/report.html")) == ["TIL001", "TIL002", "TIL003"]
