@@ -16,6 +16,7 @@ from sqlalchemy import select, text
 
 from review_support import OOS_REASON, PASSWORDS, approval_resolutions, review_out, review_source, service_on, standing_approval_id  # noqa: F401  (fixtures)
 from review_support import fresh_service, processed_once, source3  # noqa: F401  (fixtures)
+from tspeed2_support import Reruns
 from tilpheno.review import audit
 from tilpheno.review.auth import MAX_FAILURES, AuthError, check_password
 from tilpheno.review.models import AuditEntry, User
@@ -35,6 +36,17 @@ def service(request, review_source, tmp_path):
     up the versions and signatures it reads, so any of them passes alone or in any order."""
     with service_on(request.param, tmp_path, review_source) as svc:
         yield svc
+
+
+@pytest.fixture(scope="module")
+def reruns(tmp_path_factory):
+    """The module's pipeline re-runs (:class:`tspeed2_support.Reruns`), made once each: the re-run of a
+    :func:`review_support.processed_once` folder after the same change (TIL001's unstained control or
+    stained surface tube replaced by TIL002's; another FMO percentile) is the same run in every test and
+    on both databases; the sample folder, which the runs read by path, is part of what must be the same."""
+    from review_support import SAMPLE
+
+    return Reruns(tmp_path_factory.mktemp, (SAMPLE,))
 
 
 def user(service, name):
@@ -765,12 +777,14 @@ def test_an_account_disabled_just_before_the_signature_is_stored_is_told_so(serv
     assert last.reason.endswith("account fay was disabled while signing"), last.reason
 
 
-def til001_run(processed_once, outcomes_copy=False, products=("TIL001",), panel=""):
+def til001_run(processed_once, outcomes_copy=False, products=("TIL001",), panel="", reruns=None):
     """``(out, run)``: the sample's ``products`` (TIL001 unless named) processed into ``out`` (tables
     only; :func:`processed_once`) with the manifest ``out.parent / "manifest.csv"`` and the sample's
     outcomes table or, ``outcomes_copy``, a copy of it at ``out.parent / "outcomes.csv"``, and with
     ``panel`` (a panel file's text) the panel file ``out.parent / "panel.csv"`` (each of which the
-    test may change); ``run(**settings)`` processes them again, as often as a test re-runs it."""
+    test may change); ``run(**settings)`` processes them again, as often as a test re-runs it: with
+    ``reruns`` (:class:`tspeed2_support.Reruns`), a re-run another test made from the same files and
+    settings is put back, not made again."""
     from review_support import SAMPLE
     from tilpheno.pipeline import process_folder
 
@@ -792,11 +806,17 @@ def til001_run(processed_once, outcomes_copy=False, products=("TIL001",), panel=
         run_in(work)
 
     work = processed_once(f"run_{'_'.join(products)}{'_outcomes' if outcomes_copy else ''}{'_panel' if panel else ''}", first)
-    return work / "out", lambda **settings: run_in(work, **settings)
+
+    def run(**settings):
+        if reruns is None:
+            run_in(work, **settings)
+        else:
+            reruns.run(work, lambda: run_in(work, **settings), repr(sorted(settings.items())))
+    return work / "out", run
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_rerun_with_other_settings_becomes_the_current_automatic_version(kind, tmp_path, processed_once):
+def test_a_rerun_with_other_settings_becomes_the_current_automatic_version(kind, tmp_path, processed_once, reruns):
     """process --overwrite on the same files with another FMO percentile: the app's automatic gates
     follow the new run (a new automatic version, audited), not the first run's version 1; the
     correction and approval made on the first run's gates stay in the history, void."""
@@ -804,7 +824,7 @@ def test_a_rerun_with_other_settings_becomes_the_current_automatic_version(kind,
     from tilpheno.review.server import build_service
 
     pid = "TIL001"
-    out, run = til001_run(processed_once)
+    out, run = til001_run(processed_once, reruns=reruns)
     url = database_url(kind, tmp_path)
     first = make_service(out, url)
     try:
@@ -839,7 +859,7 @@ def test_a_rerun_with_other_settings_becomes_the_current_automatic_version(kind,
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_batch_apply_after_a_rerun_with_other_settings_builds_on_the_new_run(kind, tmp_path, processed_once):
+def test_a_batch_apply_after_a_rerun_with_other_settings_builds_on_the_new_run(kind, tmp_path, processed_once, reruns):
     """TIL001 and TIL002 opened on a first run, then process --overwrite on the same files with
     another FMO percentile: a batch apply of TIL001's CD3+ to TIL002 built on TIL002's version 1
     (the first run's gates: its CD8/PD-1 cuts and the rest undone, nothing said) because only a
@@ -849,7 +869,7 @@ def test_a_batch_apply_after_a_rerun_with_other_settings_builds_on_the_new_run(k
     from review_support import database_url, drop_schema, make_service
     from tilpheno.review.server import build_service
 
-    out, run = til001_run(processed_once, products=("TIL001", "TIL002"))
+    out, run = til001_run(processed_once, reruns=reruns, products=("TIL001", "TIL002"))
     url = database_url(kind, tmp_path)
     first = make_service(out, url)
     try:
@@ -948,7 +968,7 @@ def test_a_product_re_run_after_signing_is_said_to_need_review(kind, tmp_path, p
         drop_schema(url)
 
 
-def test_a_re_export_leaves_out_the_certificate_of_an_approval_a_re_run_voided(tmp_path, processed_once):
+def test_a_re_export_leaves_out_the_certificate_of_an_approval_a_re_run_voided(tmp_path, processed_once, reruns):
     """TIL001 approved and exported (`export-approved OUT -o DIR`: its certificate and Gating-ML),
     then processed again with another FMO percentile (the approval void) and exported into DIR again:
     phenotypes_approved.csv said 'not approved', but DIR still held TIL001/certificate.pdf, a
@@ -960,7 +980,7 @@ def test_a_re_export_leaves_out_the_certificate_of_an_approval_a_re_run_voided(t
 
     from review_support import make_service
 
-    out, run = til001_run(processed_once)
+    out, run = til001_run(processed_once, reruns=reruns)
     url = f"sqlite:///{tmp_path / 'review.sqlite'}"
     service = make_service(out, url)
     service.sign("TIL001", user(service, "dave").id, PASSWORDS["dave"], "approved for release", 1,
@@ -1034,7 +1054,7 @@ def test_process_over_signed_work_says_the_review_database_holds_decisions(tmp_p
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path, processed_once):
+def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path, processed_once, reruns):
     """process --overwrite on the same files with a corrected outcomes table (TIL001's infused cells
     doubled): the gates are the same, so no new version, and the approval stayed valid while the
     approved export's doses (cd3_dose_cells, ...) doubled under it: approved numbers changed with
@@ -1045,7 +1065,7 @@ def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path, pr
     from tilpheno.review.server import build_service
 
     pid = "TIL001"
-    out, run = til001_run(processed_once, outcomes_copy=True)
+    out, run = til001_run(processed_once, reruns=reruns, outcomes_copy=True)
     outcomes = pd.read_csv(out.parent / "outcomes.csv")
     url = database_url(kind, tmp_path)
     first = make_service(out, url)
@@ -1072,7 +1092,7 @@ def test_a_rerun_with_another_infused_dose_voids_the_approval(kind, tmp_path, pr
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_rerun_with_another_dose_definition_voids_the_approval(kind, tmp_path, processed_once):
+def test_a_rerun_with_another_dose_definition_voids_the_approval(kind, tmp_path, processed_once, reruns):
     """process --overwrite on the same files with a copy of the study whose treg_dose_cells is based
     on cd3_dose_cells instead of cd4_dose_cells: gates, inputs, strategies, release spec and infused
     cells unchanged, so the approval stayed valid while the approved export's treg_dose_cells grew
@@ -1084,7 +1104,7 @@ def test_a_rerun_with_another_dose_definition_voids_the_approval(kind, tmp_path,
     from tilpheno.review.server import build_service
 
     pid = "TIL001"
-    out, run = til001_run(processed_once)
+    out, run = til001_run(processed_once, reruns=reruns)
     url = database_url(kind, tmp_path)
     first = make_service(out, url)
     try:
@@ -1122,7 +1142,7 @@ SAMPLE_PANEL = "tube,detector,marker\nsurface,PE-A,PD1\nsurface,APC-A,CD56\n"
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 @pytest.mark.parametrize("change", ["panel row", "fmo_marker"])
-def test_a_rerun_with_a_corrected_panel_row_or_fmo_label_voids_the_approval(change, kind, tmp_path, processed_once):
+def test_a_rerun_with_a_corrected_panel_row_or_fmo_label_voids_the_approval(change, kind, tmp_path, processed_once, reruns):
     """TIL001 processed with the panel file's PD1 and CD56 rows swapped (which detector carries which
     marker), or with the manifest's fmo_marker of its PD1 and CD56 FMO controls swapped (which FMO
     anchors which gate), approved with its QC flags resolved; the lab corrects the row or the label
@@ -1135,7 +1155,7 @@ def test_a_rerun_with_a_corrected_panel_row_or_fmo_label_voids_the_approval(chan
     from tilpheno.review.server import build_service
 
     pid = "TIL001"
-    out, run = til001_run(processed_once, panel=SAMPLE_PANEL)
+    out, run = til001_run(processed_once, reruns=reruns, panel=SAMPLE_PANEL)
     if change == "panel row":
         path = out.parent / "panel.csv"
         swapped = SAMPLE_PANEL.replace("PE-A,PD1", "PE-A,CD56").replace("APC-A,CD56", "APC-A,PD1")
@@ -1176,7 +1196,7 @@ def test_a_rerun_with_a_corrected_panel_row_or_fmo_label_voids_the_approval(chan
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_rerun_with_a_reacquired_file_is_reviewed_again(kind, tmp_path, processed_once):
+def test_a_rerun_with_a_reacquired_file_is_reviewed_again(kind, tmp_path, processed_once, reruns):
     """process --overwrite in the same output folder after one input file was replaced (TIL001's CD8
     FMO re-acquired: here TIL002's): the database held TIL001 with the first run's files, so the
     product list, the product and its certificate answered 'the database holds it with other input
@@ -1207,7 +1227,7 @@ def test_a_rerun_with_a_reacquired_file_is_reviewed_again(kind, tmp_path, proces
         assert summary.ok, summary.failed
         return tmp_path / folder, inputs
 
-    out, inputs, rerun = copied_and_processed(processed_once, pid)
+    out, inputs, rerun = copied_and_processed(processed_once, reruns, pid)
     url = database_url(kind, tmp_path)
     first = make_service(out, url)
     try:
@@ -1737,10 +1757,11 @@ def test_a_save_overturning_a_determined_fail_needs_a_deviation_justification_re
         assert audit.verify(db).ok
 
 
-def copied_and_processed(processed_once, pid: str):
+def copied_and_processed(processed_once, reruns, pid: str):
     """``pid``'s sample files copied into ``WORK/in`` and processed (tables only) into ``WORK/out``
     (:func:`processed_once`): ``(WORK/out, inputs folder, rerun)``, ``rerun()`` processing it again
-    with ``--overwrite`` (after a test replaced a file there)."""
+    with ``--overwrite`` (after a test replaced a file there; a re-run of ``reruns``,
+    :class:`tspeed2_support.Reruns`: made once for the same files)."""
     from review_support import SAMPLE
     from tilpheno.pipeline import process_folder
 
@@ -1759,16 +1780,16 @@ def copied_and_processed(processed_once, pid: str):
         run(work)
 
     work = processed_once(f"copied_{pid}", first)
-    return work / "out", work / "in", lambda: run(work, overwrite=True)
+    return work / "out", work / "in", lambda: reruns.run(work, lambda: run(work, overwrite=True), "overwrite")
 
 
-def imported_copy(kind, tmp_path, processed_once, pid: str):
+def imported_copy(kind, tmp_path, processed_once, reruns, pid: str):
     """:func:`copied_and_processed` of ``pid``, and a service on a fresh database of ``kind`` (in
     ``tmp_path``) over its output with ``pid`` opened (imported): ``(output folder, inputs folder,
     rerun, database url, service)``; the caller drops the schema (``drop_schema(url)``)."""
     from review_support import database_url, drop_schema, make_service
 
-    out, inputs, rerun = copied_and_processed(processed_once, pid)
+    out, inputs, rerun = copied_and_processed(processed_once, reruns, pid)
     url = database_url(kind, tmp_path)
     service = make_service(out, url)
     try:
@@ -1793,7 +1814,7 @@ def processed_again(first, out: Path, inputs: Path, rerun, url: str, name: str):
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, monkeypatch, processed_once):
+def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, monkeypatch, processed_once, reruns):
     """TIL001 approved for release, then processed again with its unstained control replaced (here by
     a copy of its stained surface tube): the new run raises unstained_positive review warnings on
     the control, which the signature's data hash did not bind (the control is not a gated file; an
@@ -1808,7 +1829,7 @@ def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, mon
     from tilpheno.review.server import build_service
 
     pid = "TIL001"
-    out, inputs, rerun = copied_and_processed(processed_once, pid)
+    out, inputs, rerun = copied_and_processed(processed_once, reruns, pid)
     url = database_url(kind, tmp_path)
     first = make_service(out, url)
     try:
@@ -1841,7 +1862,7 @@ def test_an_approval_does_not_cover_qc_flags_raised_after_it(kind, tmp_path, mon
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_replaced_control_voids_an_approval_that_binds_it(kind, tmp_path, monkeypatch, processed_once):
+def test_a_replaced_control_voids_an_approval_that_binds_it(kind, tmp_path, monkeypatch, processed_once, reruns):
     """TIL001's unstained control (read by the run, not gated) replaced after approval by another
     product's control, which raises no flag, and the folder processed again: the signature's data
     hash held only the gated files, so the approval stayed valid and nothing told QA. Now a new
@@ -1854,7 +1875,7 @@ def test_a_replaced_control_voids_an_approval_that_binds_it(kind, tmp_path, monk
     from tilpheno.review import service as module
 
     pid, control = "TIL001", "TIL001_unstained.fcs"
-    out, inputs, rerun = copied_and_processed(processed_once, pid)
+    out, inputs, rerun = copied_and_processed(processed_once, reruns, pid)
     url = database_url(kind, tmp_path)
     first = make_service(out, url)
     try:
@@ -1924,7 +1945,7 @@ def test_gate_coordinates_on_an_arcsinh_axis_are_bounded_on_that_scale(tmp_path)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_replaced_control_is_recorded_and_an_approval_that_does_not_bind_it_says_so(kind, tmp_path, monkeypatch, processed_once):
+def test_a_replaced_control_is_recorded_and_an_approval_that_does_not_bind_it_says_so(kind, tmp_path, monkeypatch, processed_once, reruns):
     """TIL001 opened (imported), approved as the code before the controls were bound signed, then its
     unstained control (read, not gated) replaced by TIL002's and the folder processed again: the
     product's stored input list held the gated files only, so the trail recorded no re-import (a
@@ -1941,7 +1962,7 @@ def test_a_replaced_control_is_recorded_and_an_approval_that_does_not_bind_it_sa
     from tilpheno.review.models import AuditEntry
 
     pid, control = "TIL001", "TIL001_unstained.fcs"
-    out, inputs, rerun, url, first = imported_copy(kind, tmp_path, processed_once, pid)
+    out, inputs, rerun, url, first = imported_copy(kind, tmp_path, processed_once, reruns, pid)
     try:
         hashed = module.data_sha256
         monkeypatch.setattr(module, "data_sha256", lambda *args, **kw: hashed(*args, form="dose"))
@@ -1970,7 +1991,7 @@ def test_a_replaced_control_is_recorded_and_an_approval_that_does_not_bind_it_sa
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_an_approval_voided_by_a_replaced_control_names_it(kind, tmp_path, processed_once):
+def test_an_approval_voided_by_a_replaced_control_names_it(kind, tmp_path, processed_once, reruns):
     """TIL001 approved for release (binding its controls), then its unstained control replaced by
     TIL002's and the folder processed again: the reimport_product entry named the control, but the
     page's VOID said only 'input data, infused cell number, strategy or release spec changed after
@@ -1980,7 +2001,7 @@ def test_an_approval_voided_by_a_replaced_control_names_it(kind, tmp_path, proce
     from tilpheno.review.models import AuditEntry
 
     pid, control = "TIL001", "TIL001_unstained.fcs"
-    out, inputs, rerun, url, first = imported_copy(kind, tmp_path, processed_once, pid)
+    out, inputs, rerun, url, first = imported_copy(kind, tmp_path, processed_once, reruns, pid)
     try:
         first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
         again = processed_again(first, out, inputs, rerun, url, control)
@@ -1996,7 +2017,7 @@ def test_an_approval_voided_by_a_replaced_control_names_it(kind, tmp_path, proce
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_an_approval_voided_by_a_rerun_that_changed_the_gates_names_the_replaced_file(kind, tmp_path, processed_once):
+def test_an_approval_voided_by_a_rerun_that_changed_the_gates_names_the_replaced_file(kind, tmp_path, processed_once, reruns):
     """TIL001 approved for release (version 1), then its stained surface tube replaced (by TIL002's)
     and the folder processed again: the new run's automatic gates became version 2, and the page's
     VOID said only 'gates changed to version 2 after signing', though the trail records which file
@@ -2006,7 +2027,7 @@ def test_an_approval_voided_by_a_rerun_that_changed_the_gates_names_the_replaced
     from tilpheno.review.models import AuditEntry
 
     pid, stain = "TIL001", "TIL001_surface_stain.fcs"
-    out, inputs, rerun, url, first = imported_copy(kind, tmp_path, processed_once, pid)
+    out, inputs, rerun, url, first = imported_copy(kind, tmp_path, processed_once, reruns, pid)
     try:
         first.sign(pid, user(first, "dave").id, PASSWORDS["dave"], "approved for release", 1, {}, oos_justification=OOS_REASON)
         again = processed_again(first, out, inputs, rerun, url, stain)
@@ -2025,7 +2046,7 @@ def test_an_approval_voided_by_a_rerun_that_changed_the_gates_names_the_replaced
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_version_a_rerun_replaced_names_the_rerun_that_replaced_it(kind, tmp_path, processed_once):
+def test_a_version_a_rerun_replaced_names_the_rerun_that_replaced_it(kind, tmp_path, processed_once, reruns):
     """TIL001's version 2 (alice's CD3 cut) was replaced by the automatic gates of a re-run with its
     stained surface tube replaced (version 3). The page's list of versions said nothing on version 1
     or 2 of what replaced them: a reviewer reading an older version could not tell it was no longer
@@ -2040,7 +2061,7 @@ def test_a_version_a_rerun_replaced_names_the_rerun_that_replaced_it(kind, tmp_p
     from tilpheno.review.web import create_app
 
     pid, stain = "TIL001", "TIL001_surface_stain.fcs"
-    out, inputs, rerun, url, first = imported_copy(kind, tmp_path, processed_once, pid)
+    out, inputs, rerun, url, first = imported_copy(kind, tmp_path, processed_once, reruns, pid)
     try:
         first.save_version(pid, user(first, "alice"), 1, shifted_cd3(first, pid, 0.15), "CD3 cut raised above the shoulder")
         first.factory.kw["bind"].dispose()
@@ -2068,7 +2089,7 @@ def test_a_version_a_rerun_replaced_names_the_rerun_that_replaced_it(kind, tmp_p
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_product_imported_before_controls_were_recorded_records_them_when_opened(kind, tmp_path, processed_once):
+def test_a_product_imported_before_controls_were_recorded_records_them_when_opened(kind, tmp_path, processed_once, reruns):
     """A database made before the controls were recorded holds each product's gated files only
     (here: TIL001's row set back to that list): its controls were never recorded, so its unstained
     control replaced and the folder processed again went unrecorded in the trail for good. Now
@@ -2081,7 +2102,7 @@ def test_a_product_imported_before_controls_were_recorded_records_them_when_open
     from tilpheno.review.service import transaction
 
     pid, control = "TIL001", "TIL001_unstained.fcs"
-    out, inputs, rerun, url, first = imported_copy(kind, tmp_path, processed_once, pid)
+    out, inputs, rerun, url, first = imported_copy(kind, tmp_path, processed_once, reruns, pid)
     try:
         def legacy(db):   # the row as the code before wrote it: the gated files only
             db.get(Product, pid).inputs_json = json.dumps(first.source.inputs_digest(pid))
