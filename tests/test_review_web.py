@@ -468,7 +468,7 @@ def test_a_refusal_the_database_would_not_take_is_held_and_written_at_the_next_w
 
     error = "role analyst cannot export the audit trail"
     close_refusal_windows(service)
-    monkeypatch.setattr(service, "delayed", refusals.DelayedRefusals(limit=2))
+    monkeypatch.setattr(service, "delayed", refusals.DelayedRefusals(service.delayed.directory, service.delayed.database, limit=2))
     c_bob, _, _ = login(app, "bob")
     with service.factory() as db:
         start = audit.head_seq(db)
@@ -498,7 +498,89 @@ def test_a_refusal_the_database_would_not_take_is_held_and_written_at_the_next_w
     assert utc(began) <= delayed["first_at"] < delayed["last_at"] < lost["first_at"] == lost["last_at"] <= utc(ended)
     assert (lost["max_held"], lost["clock"]) == (2, "server") and "neither written nor held" in entries[1][5]
     assert ",access_refused_delayed," in copy and ",access_refused_lost," in copy
-    assert service.delayed.take().refusals == []
+    assert not service.delayed.pending() and not list(service.delayed.directory.glob(f"{service.delayed.database}.*"))
+    with service.factory() as db:
+        assert audit.verify(db).ok
+
+
+CHILD_HOLDS = """
+import os, sys, time
+from tilpheno.review import service as service_module
+from tilpheno.review.db import ReviewError
+from tilpheno.review.server import build_service
+
+def busy(*args, **kwargs):   # the database would not take it, at any run
+    raise ReviewError("database busy: please retry")
+
+service = build_service(sys.argv[1], sys.argv[2])
+service_module.transaction = busy
+for request in ("GET /audit.csv", "GET /audit.csv", "GET /export/phenotypes.csv"):
+    service.record_access_refused("bob", "", request, "role analyst cannot export")
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_refusals_a_killed_server_held_are_written_by_the_next_to_start(service, caplog):
+    """A refusal the database would not take was held in its server's memory only: a server killed
+    (SIGKILL) before its next successful write lost it, only its warning line remained. Now each is
+    one fsync'd line of the server's spool file beside OUT, and the next server to start writes it:
+    a server process holding three refusals (two identical) is killed; a new server's start writes
+    them (two ``access_refused_delayed`` entries: counts 2 and 1, naming the spool file) and
+    removes the file; a second start writes nothing more; a copy of the file put back (a kill
+    between the commit and the removal) is not written twice; a torn last line is reported,
+    naming the file and the line, and the lines before it written. The trail verifies."""
+    import logging
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from tilpheno.review import audit
+
+    url = service.factory.kw["bind"].url.render_as_string(hide_password=False)
+    out = str(service.source.out_dir)
+    spool = service.delayed.directory
+    with service.factory() as db:
+        start = audit.head_seq(db)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def killed_server() -> Path:
+        child = subprocess.Popen([sys.executable, "-c", CHILD_HOLDS, out, url], stdout=subprocess.PIPE, text=True,
+                                 env=env)
+        try:
+            assert child.stdout.readline().strip() == "held"
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+        (left,) = spool.glob(f"{service.delayed.database}.*.jsonl")
+        return left
+
+    left = killed_server()
+    assert len(left.read_text().splitlines()) == 3
+    kept = left.with_name("kept")
+    shutil.copy(left, kept)
+    written = service.write_due_refusals(replay=True)   # as serve starts
+    entries = [e for e in entries_of(service, "access_refused_delayed", "access_refused_lost") if e[0] > start]
+    assert [e[0] for e in entries] == written and len(written) == 2, entries
+    token = left.name.split(".")[1]
+    assert [(e[1], e[4]["request"], e[4]["count"], e[4]["spool"], e[5]) for e in entries] == [
+        ("bob", "GET /audit.csv", 2, [token], "role analyst cannot export"),
+        ("bob", "GET /export/phenotypes.csv", 1, [token], "role analyst cannot export")]
+    assert not left.exists()
+    assert service.write_due_refusals(replay=True) == []   # nothing twice
+    os.replace(kept, left)   # killed after the commit, before the removal
+    assert service.write_due_refusals(replay=True) == [] and not left.exists()
+    left = killed_server()
+    with left.open("ab") as fh:
+        fh.write(b'{"at":1.5,"error":"database bu')   # killed while writing a fourth
+    with caplog.at_level(logging.WARNING, logger="tilpheno.review.service"):
+        written = service.write_due_refusals(replay=True)
+    assert len(written) == 2 and not left.exists()
+    torn = [r.getMessage() for r in caplog.records if "torn" in r.getMessage()]
+    assert torn == [f"{left}: line 4 torn (30 bytes without a line end): that refusal's record is incomplete, "
+                    "not written"], torn
     with service.factory() as db:
         assert audit.verify(db).ok
 

@@ -27,9 +27,11 @@ written). The trail stays append-only: no entry is changed. A copy of the trail 
 still open after its entries, their counts so far marked open (:func:`open_rows`), and writes nothing.
 
 A refusal the database would not take ("database busy" at every run of its transaction) is held by
-its server (:class:`DelayedRefusals`, at most :data:`MAX_DELAYED`; beyond, only counted as lost)
-and written at that server's next successful write (:func:`write_delayed`: ``access_refused_delayed``
-and ``access_refused_lost`` entries, their times by the server's clock, saying so).
+its server (:class:`DelayedRefusals`, at most :data:`MAX_DELAYED`; beyond, only counted as lost),
+durably: one fsync'd line of its spool file beside OUT, and written at that server's next
+successful write (:func:`write_delayed`: ``access_refused_delayed`` and ``access_refused_lost``
+entries, their times by the server's clock, saying so); what a killed server held, by the next
+server of the database to start, once.
 
 A window's times (opened, each refusal's, closed) are the database's clock
 (:class:`~tilpheno.review.audit.Clock`, as the
@@ -40,8 +42,13 @@ with skewed clocks, or one whose clock NTP moves, neither stretch nor shrink a w
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import os
 import threading
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 from sqlalchemy import ColumnElement, delete, select, update
@@ -50,7 +57,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from tilpheno.review import audit
-from tilpheno.review.models import RefusalWindow, utc
+from tilpheno.review.models import AuditEntry, RefusalWindow, utc
+
+log = logging.getLogger(__name__)
 
 WINDOW_S = 300.0          # identical refused requests within this many seconds of the written one are counted
 MAX_OPEN_PER_USER = 20    # windows open at once per user; beyond, a user's refused requests fold into one window
@@ -231,6 +240,20 @@ def open_rows(db: Session, rule: RefusalRule) -> list[dict[str, str]]:
 
 
 MAX_DELAYED = 1000   # refusals a server holds while the database would not take them; beyond, counted as lost
+SPOOL_SUFFIX = ".jsonl"   # a held-refusals spool file: <database key>.<token>.jsonl
+
+
+def spool_directory(out_dir: str | Path) -> Path:
+    """``<OUT>.review.held``, beside the output folder (as its SQLite database): where its servers
+    spool the refusals they hold (:class:`DelayedRefusals`)."""
+    out = Path(out_dir).resolve()
+    return out.parent / (out.name + ".review.held")
+
+
+def database_key(url: str) -> str:
+    """The first 16 hex digits of the SHA-256 of a database's URL (its password hidden): a spool file
+    names the database it is for, so the servers of one OUT on another database leave it alone."""
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -264,69 +287,229 @@ class Lost:
 
 @dataclass(frozen=True)
 class Held:
-    """What a server held (:class:`DelayedRefusals`): its refusals (oldest first), those it lost,
-    and how many it holds at most."""
+    """What spool files held (:func:`read_spool`): their refusals (oldest first), those lost, how
+    many a server holds at most, and the files' tokens (each entry written from them names them)."""
     refusals: list[DelayedRefusal]
     lost: Lost
     limit: int
+    tokens: tuple[str, ...] = ()
+
+    def merged(self, other: "Held") -> "Held":
+        """These and ``other`` together, the refusals by time (the first held first)."""
+        return Held(sorted(self.refusals + other.refusals, key=lambda r: r.at), self.lost.plus(other.lost),
+                    self.limit, self.tokens + other.tokens)
+
+
+@dataclass
+class SpoolFile:
+    """One spool file (:class:`DelayedRefusals`), open and ``flock``-ed by the process holding it
+    (``fd``): its ``path``, ``token`` (the random part of its name) and, for a server's own file,
+    the refusals it held and lost there."""
+    path: Path
+    token: str
+    fd: int
+    held: int = 0
+    lost: Lost = Lost()
+
+
+def read_spool(path: Path, limit: int) -> tuple[Held, list[str]]:
+    """The refusals the spool file ``path`` holds (one canonical-JSON line each: a held refusal's
+    fields, or ``{"lost": at}`` for one counted lost) and one problem line per line that is not whole
+    (a server killed while writing it: the file's last line, without its line end) or not such JSON:
+    reported, not fatal; the other lines are read."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    refusals_held: list[DelayedRefusal] = []
+    lost, problems = Lost(), []
+    for number, line in enumerate(lines, start=1):
+        if not line:
+            continue
+        if number == len(lines):   # no line end after it: torn by a kill
+            problems.append(f"{path}: line {number} torn ({len(line)} bytes without a line end): that refusal's "
+                            "record is incomplete, not written")
+            continue
+        try:
+            row = json.loads(line)
+            if "lost" in row:
+                lost = lost.plus(Lost(1, float(row["lost"]), float(row["lost"])))
+            else:
+                refusals_held.append(DelayedRefusal(str(row["username"]), str(row["request"]), str(row["product_id"]),
+                                                    str(row["refusal"]), float(row["at"]), str(row["error"])))
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append(f"{path}: line {number} not a held refusal ({exc}), not written")
+    token = path.name[:-len(SPOOL_SUFFIX)].split(".", 1)[1]
+    return Held(refusals_held, lost, limit, (token,)), problems
 
 
 class DelayedRefusals:
-    """The refusals one server process could not write, held in its memory (at most ``limit``;
-    each one more is counted in :class:`Lost`) until its next successful write
-    (:func:`write_delayed`, run before every request's own work, at a server's start and at its
-    stop): a server killed before then loses them, as the warning that held each said. Thread-safe
-    (a server's requests run in threads)."""
+    """The refusals one server process could not write (:class:`DelayedRefusal`), held until its next
+    successful write (:func:`write_delayed`, run before every request's own work, at a server's start
+    and at its stop), durably: each is one line appended to the server's spool file in ``directory``
+    (:func:`spool_directory`) and fsync'd before the request is answered, so a server killed before
+    that write loses none; the next server of the database to start writes what a killed one held (:meth:`orphans`). At most ``limit`` refusals held at once; each one
+    more is counted as lost (a ``{"lost": at}`` line). A server's file is ``flock``-ed by it while it
+    lives (another process takes only files whose server ended) and named
+    ``<database key>.<token>.jsonl`` (:func:`database_key`; a random token); the file being written
+    is set aside (:meth:`take`), new refusals going to a new file, and removed once its entries are
+    committed, each entry naming the tokens it was written from, so a file whose removal a kill
+    prevented is not written twice (:func:`written_tokens`). Thread-safe (a server's requests run in
+    threads)."""
 
-    def __init__(self, limit: int = MAX_DELAYED):
-        self.limit = limit
+    def __init__(self, directory: Path, database: str, limit: int = MAX_DELAYED):
+        self.directory, self.database, self.limit = Path(directory), database, limit
         self._lock = threading.Lock()
-        self._held: list[DelayedRefusal] = []
-        self._lost = Lost()
+        self._current: SpoolFile | None = None
+        self._pending: list[SpoolFile] = []   # set aside by take, not written yet
+        self.writing = threading.Lock()   # one thread of the server writes them at a time
 
     def hold(self, refusal: DelayedRefusal) -> Lost | None:
-        """Hold ``refusal``; None when held, else the refusals lost so far, this one counted."""
+        """Hold ``refusal`` (its line written and fsync'd); None when held, else the refusals lost so
+        far, this one counted. OSError when its line could not be written."""
         with self._lock:
-            if len(self._held) < self.limit:
-                self._held.append(refusal)
+            if self._current is None:
+                self._current = self._create()
+            mine = self._pending + [self._current]
+            if sum(f.held for f in mine) < self.limit:
+                row: dict[str, Any] = {"username": refusal.username, "request": refusal.request,
+                                       "product_id": refusal.product_id, "refusal": refusal.refusal,
+                                       "at": refusal.at, "error": refusal.error}
+                self._append(row)
+                self._current.held += 1
                 return None
-            self._lost = self._lost.plus(Lost(1, refusal.at, refusal.at))
-            return self._lost
+            self._append({"lost": refusal.at})
+            self._current.lost = self._current.lost.plus(Lost(1, refusal.at, refusal.at))
+            lost = Lost()
+            for f in mine:
+                lost = lost.plus(f.lost)
+            return lost
 
-    def take(self) -> Held:
-        """Everything held and the count lost, emptied (:meth:`give_back` what is not written)."""
+    def _append(self, row: dict[str, Any]) -> None:
+        assert self._current is not None
+        os.write(self._current.fd, (audit.canonical(row) + "\n").encode("utf-8"))
+        os.fsync(self._current.fd)
+
+    def _create(self) -> SpoolFile:
+        """A new spool file of this server, locked before it takes its name (another process
+        finding it unlocked would take it for a killed server's)."""
+        import fcntl
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        token = uuid.uuid4().hex
+        path = self.directory / f"{self.database}.{token}{SPOOL_SUFFIX}"
+        creating = self.directory / f".{path.name}.creating"
+        fd = os.open(creating, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(creating, path)
+        _sync_directory(self.directory)
+        return SpoolFile(path, token, fd)
+
+    def pending(self) -> bool:
+        """Whether this server holds refusals not written yet (no file read)."""
         with self._lock:
-            held = Held(self._held, self._lost, self.limit)
-            self._held, self._lost = [], Lost()
-            return held
+            return bool(self._pending) or (self._current is not None and bool(self._current.held or self._current.lost.count))
 
-    def give_back(self, held: Held) -> None:
-        """Hold again what :meth:`take` gave and was not written, before what came since; beyond
-        ``limit`` the newest are counted as lost."""
+    def take(self) -> list[SpoolFile]:
+        """This server's spool files not yet written, the current one set aside (new refusals go to
+        a new file): hand them to :meth:`written` once their entries are committed."""
         with self._lock:
-            merged, lost = held.refusals + self._held, held.lost.plus(self._lost)
-            for refusal in merged[self.limit:]:
-                lost = lost.plus(Lost(1, refusal.at, refusal.at))
-            self._held, self._lost = merged[:self.limit], lost
+            if self._current is not None and (self._current.held or self._current.lost.count):
+                self._pending.append(self._current)
+                self._current = None
+            return list(self._pending)
+
+    def orphans(self) -> list[SpoolFile]:
+        """The spool files of this database whose server ended (killed: their ``flock`` released),
+        locked for this process: hand them to :meth:`written` once written, else :meth:`release`."""
+        import fcntl
+
+        mine = {f.token for f in self._pending} | ({self._current.token} if self._current else set())
+        found = []
+        for path in sorted(self.directory.glob(f"{self.database}.*{SPOOL_SUFFIX}")):
+            token = path.name[:-len(SPOOL_SUFFIX)].split(".", 1)[1]
+            if token in mine:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:   # written and removed by another server meanwhile
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:   # its server lives and writes it itself
+                os.close(fd)
+                continue
+            found.append(SpoolFile(path, token, fd))
+        return found
+
+    def written(self, files: list[SpoolFile]) -> None:
+        """Remove ``files``, whose refusals are in the trail (committed), and let go of them."""
+        with self._lock:
+            for f in files:
+                f.path.unlink(missing_ok=True)
+                os.close(f.fd)
+            self._pending = [f for f in self._pending if f not in files]
+        if files:
+            _sync_directory(self.directory)
+
+    def release(self, files: list[SpoolFile]) -> None:
+        """Let go of other servers' ``files`` not written (this server's stay pending)."""
+        with self._lock:
+            for f in files:
+                if f not in self._pending:
+                    os.close(f.fd)
 
 
-def write_delayed(db: Session, rule: RefusalRule, held: Held) -> list[int]:
-    """Write what a server held (:class:`Held`), in the caller's transaction; returns the entries'
-    ``seq``. One ``access_refused_delayed`` entry per refused request held (user, request, product
-    and refusal; the first held first): ``request``, ``count``, ``first_at`` and ``last_at`` (by the
-    server's clock: ``clock`` "server") and the database's ``error`` (its first); and, when some were
-    lost, one ``access_refused_lost`` entry of ``system``: their ``count``, ``first_at``, ``last_at``
-    and ``max_held``. Not counted in the refusal windows: their times are not the record's clock."""
+def _sync_directory(directory: Path) -> None:
+    """fsync ``directory``, so a file's new name or removal survives a crash."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def written_tokens(db: Session, tokens: Iterable[str]) -> set[str]:
+    """Which of the spool files ``tokens`` the trail holds entries of (their ``spool``): written
+    before, their removal prevented (a kill between the commit and the removal)."""
+    found = set()
+    for token in tokens:
+        query = select(AuditEntry.seq).where(AuditEntry.action.in_(("access_refused_delayed", "access_refused_lost")),
+                                             AuditEntry.after_json.contains(f'"{token}"')).limit(1)
+        if db.scalar(query) is not None:
+            found.add(token)
+    return found
+
+
+def write_delayed(db: Session, rule: RefusalRule, files: list[Held]) -> list[int]:
+    """Write what servers held, read from their spool files (one :class:`Held` each), in the
+    caller's transaction, but for files whose entries the trail holds already (:func:`written_tokens`);
+    returns the entries' ``seq``. One ``access_refused_delayed`` entry per refused request held
+    (user, request, product and refusal; the first held first): ``request``, ``count``, ``first_at``
+    and ``last_at`` (by the server's clock: ``clock`` "server"), the database's ``error`` (its first)
+    and ``spool``, the tokens of the files written; and, when some were lost, one
+    ``access_refused_lost`` entry of ``system``: their ``count``, ``first_at``, ``last_at``,
+    ``max_held`` and ``spool``. Not counted in the refusal windows: their times are not the record's clock."""
+    audit.locked_head(db)   # first: a server writing the same files meanwhile has committed (PostgreSQL)
+    done = written_tokens(db, [t for f in files for t in f.tokens])
+    if done:
+        log.info("held refusals of spool file(s) %s are in the audit trail already: not written again", ", ".join(sorted(done)))
+    todo = [f for f in files if not done.intersection(f.tokens)]
+    if not todo:
+        return []
+    held = todo[0]
+    for more in todo[1:]:
+        held = held.merged(more)
+    spool = sorted(held.tokens)
     groups: dict[tuple[str, str, str, str], list[DelayedRefusal]] = {}
     for r in held.refusals:
         groups.setdefault((r.username, r.request, r.product_id, r.refusal), []).append(r)
     seqs = [audit.append(db, username, "access_refused_delayed", product_id=product_id, reason=refusal, after={
         "request": request, "count": len(rs), "first_at": utc(rs[0].at), "last_at": utc(rs[-1].at), "clock": "server",
-        "error": rs[0].error}, clock=rule.clock).seq for (username, request, product_id, refusal), rs in groups.items()]
+        "error": rs[0].error, "spool": spool}, clock=rule.clock).seq
+        for (username, request, product_id, refusal), rs in groups.items()]
     if held.lost.count:
         seqs.append(audit.append(db, "system", "access_refused_lost", reason=(
             f"{held.lost.count} refused requests neither written nor held: the database would not take them and "
             f"the server held {held.limit} already"), after={
             "count": held.lost.count, "first_at": utc(held.lost.first), "last_at": utc(held.lost.last),
-            "clock": "server", "max_held": held.limit}, clock=rule.clock).seq)
+            "clock": "server", "max_held": held.limit, "spool": spool}, clock=rule.clock).seq)
     return seqs

@@ -42,7 +42,7 @@ def serve(service: ReviewService, host: str = "127.0.0.1", port: int = 8765, thr
 
     from tilpheno.review.web import create_app
 
-    service.write_due_refusals()   # refusal windows whose time is over while no server ran (a stop, a crash, a kill)
+    service.write_due_refusals(replay=True)   # refusals killed servers held; windows over while no server ran
     threading.Thread(target=import_all, args=(service,), daemon=True, name="import-products").start()
     try:
         waitress_serve(create_app(service), host=host, port=port, threads=threads, ident="tilpheno")

@@ -980,7 +980,9 @@ class ReviewService:
         self.noun = source.study.product_noun   # what the study calls a product, in messages too
         self._criteria: dict[tuple[str, str], list[CriterionResult]] = {}
         self.refusals = refusals.RefusalRule(clock=clock)   # identical refused requests counted, not each written
-        self.delayed = refusals.DelayedRefusals()   # refusals the database would not take, until it does
+        bind = factory.kw["bind"]
+        self.delayed = refusals.DelayedRefusals(   # refusals the database would not take, until it does
+            refusals.spool_directory(source.out_dir), refusals.database_key(bind.url.render_as_string(hide_password=True)))
 
     def append(self, db: Session, username: str, action: str, **fields: Any) -> AuditEntry:
         """:func:`audit.append` (``fields``: its keywords) at this server's :attr:`clock`."""
@@ -1035,10 +1037,16 @@ class ReviewService:
             return None
 
     def _hold_refusal(self, refusal: refusals.DelayedRefusal) -> None:
-        """Hold ``refusal``, which the database would not take, in :attr:`delayed` (or count it lost
-        when that is full); one warning line naming the user, the request, the error and the refusal."""
+        """Hold ``refusal``, which the database would not take, in :attr:`delayed` (its spool file;
+        or count it lost when that holds its limit); one warning line naming the user, the request,
+        the error and the refusal (and the spool file's error when it could not be written)."""
         said = f"refusal of {refusal.request} to user {refusal.username} not written ({refusal.error})"
-        lost = self.delayed.hold(refusal)
+        try:
+            lost = self.delayed.hold(refusal)
+        except OSError as exc:
+            log.warning("%s and not held: the spool %s cannot be written (%s); lost; refused because: %s", said,
+                        self.delayed.directory, exc, refusal.refusal)
+            return
         if lost is None:
             log.warning("%s: held by this server, written to the audit trail at its next successful write; refused "
                         "because: %s", said, refusal.refusal)
@@ -1047,21 +1055,43 @@ class ReviewService:
                         "to the audit trail at its next successful write); refused because: %s", said,
                         self.delayed.limit, lost.count, refusal.refusal)
 
-    def write_delayed_refusals(self) -> list[int]:
+    def write_delayed_refusals(self, replay: bool = False) -> list[int]:
         """Write the refusals this server held (:meth:`record_access_refused`; ``access_refused_delayed``
-        and, for those it lost, ``access_refused_lost``: :func:`~tilpheno.review.refusals.write_delayed`);
-        returns the entries' ``seq``. When the database still would not take them they are held again
-        (ReviewError raised)."""
-        held = self.delayed.take()
-        if not held.refusals and not held.lost.count:
+        and, for those it lost, ``access_refused_lost``: :func:`~tilpheno.review.refusals.write_delayed`),
+        and with them, or with ``replay`` (a server's start), those servers killed before writing theirs
+        left in their spool files (:meth:`refusals.DelayedRefusals.orphans`); returns the entries' ``seq``.
+        When the database still would not take them they stay held (ReviewError raised). Costs no
+        file access when this server holds nothing and ``replay`` is False (every request)."""
+        if not (replay or self.delayed.pending()) or not self.delayed.writing.acquire(blocking=False):
+            return []   # nothing held, or another of this server's threads is writing them
+        try:
+            return self._write_spooled()
+        finally:
+            self.delayed.writing.release()
+
+    def _write_spooled(self) -> list[int]:
+        """:meth:`write_delayed_refusals`' work, one thread at a time."""
+        files = self.delayed.take()
+        try:
+            files += self.delayed.orphans()
+        except OSError as exc:   # no spool folder yet, or not readable: this server's files only
+            log.debug("spool %s not searched: %s", self.delayed.directory, exc)
+        if not files:
             return []
+        held = []
+        for f in files:
+            read, problems = refusals.read_spool(f.path, self.delayed.limit)
+            for problem in problems:
+                log.warning("%s", problem)
+            held.append(read)
         try:
             seqs = transaction(self.factory, lambda db: refusals.write_delayed(db, self.refusals, held))
         except ReviewError:
-            self.delayed.give_back(held)
+            self.delayed.release(files)
             raise
-        log.info("%d held refusals and %d lost written to the audit trail (entries %s)", len(held.refusals),
-                 held.lost.count, ", ".join(map(str, seqs)))
+        self.delayed.written(files)
+        log.info("held refusals of %d spool file(s) written to the audit trail (entries %s)", len(files),
+                 ", ".join(map(str, seqs)) or "none: written before")
         return seqs
 
     def write_repeated_refusals(self) -> list[int]:
@@ -1073,13 +1103,14 @@ class ReviewService:
                 return []
         return transaction(self.factory, lambda db: refusals.close(db, self.refusals))
 
-    def write_due_refusals(self) -> list[int]:
+    def write_due_refusals(self, replay: bool = False) -> list[int]:
         """:meth:`write_delayed_refusals` and :meth:`write_repeated_refusals` as every request and a
-        server's start and stop run them: a database error is logged, not raised (the refusals held
-        stay held, the windows in the database, written at the next request, start, or for the
-        windows ``tilpheno audit export``), so the request is served and a stopping server stops."""
+        server's start (``replay``: also what killed servers held) and stop run them: a database
+        error is logged, not raised (the refusals held stay held, the windows in the database,
+        written at the next request, start, or ``tilpheno audit export``), so the request is served
+        and a stopping server stops."""
         try:
-            return self.write_delayed_refusals() + self.write_repeated_refusals()
+            return self.write_delayed_refusals(replay) + self.write_repeated_refusals()
         except ReviewError as exc:
             log.warning("refused requests held or counted in a window whose time is over not audited yet (kept "
                         "for the next request or start): %s", exc)
