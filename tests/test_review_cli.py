@@ -133,7 +133,8 @@ def test_an_audit_export_is_itself_audited_after_the_copy(kind, review_out, tmp_
         for entry, name, rows in zip(entries, ("first.csv", "second.csv"), copies):
             assert json.loads(entry.after_json) == {
                 "file": str(tmp_path / name), "sha256": hashlib.sha256((tmp_path / name).read_bytes()).hexdigest(),
-                "first_seq": int(rows[0]["seq"]), "last_seq": int(rows[-1]["seq"]), "open_windows": 0}
+                "first_seq": int(rows[0]["seq"]), "last_seq": int(rows[-1]["seq"]), "open_windows": 0,
+                "held_refusals": 0}
         assert copies[1][1]["after_json"] == entries[0].after_json   # the second copy holds the first's entry
     finally:
         drop_schema(db)

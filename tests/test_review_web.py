@@ -193,7 +193,8 @@ def test_exports_and_audit_csv(app, service):
         newest = db.scalar(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1))
     assert (newest.username, newest.action, newest.seq) == ("alice", "audit_export", int(rows[-1]["seq"]) + 1)
     assert json.loads(newest.after_json) == {"file": "audit.csv", "sha256": hashlib.sha256(r.data).hexdigest(),
-                                             "first_seq": 1, "last_seq": int(rows[-1]["seq"]), "open_windows": 0}
+                                             "first_seq": 1, "last_seq": int(rows[-1]["seq"]), "open_windows": 0,
+                                             "held_refusals": 0}
     c_bob, h_bob, _ = login(app, "bob")
 
     def refused(url, method="get", **kw):
@@ -581,6 +582,69 @@ def test_refusals_a_killed_server_held_are_written_by_the_next_to_start(service,
     torn = [r.getMessage() for r in caplog.records if "torn" in r.getMessage()]
     assert torn == [f"{left}: line 4 torn (30 bytes without a line end): that refusal's record is incomplete, "
                     "not written"], torn
+    with service.factory() as db:
+        assert audit.verify(db).ok
+
+
+def test_a_copy_of_the_trail_writes_or_lists_the_refusals_servers_hold(service, tmp_path):
+    """A copy of the trail did not hold the refusals servers held (the database would not take them):
+    a killed server's were in no copy at all, a running server's in none until its next write. Now
+    ``tilpheno audit export`` writes what a killed server held first (entries in the copy), and lists
+    what a running server still holds after the entries, one row per entry to be, marked held
+    (``access_refused_delayed_held``: no ``seq``, ``"held": true``), counted in its ``audit_export``
+    entry (``held_refusals``) and said in its output line; nothing is written for them, and once
+    that server is gone the next copy holds them as entries, not held rows. The trail verifies."""
+    import csv
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app as cli_app
+    from tilpheno.review import audit
+
+    url = service.factory.kw["bind"].url.render_as_string(hide_password=False)
+    out = str(service.source.out_dir)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def holding_server() -> subprocess.Popen:
+        child = subprocess.Popen([sys.executable, "-c", CHILD_HOLDS, out, url], stdout=subprocess.PIPE, text=True, env=env)
+        assert child.stdout.readline().strip() == "held"
+        return child
+
+    def export(name: str) -> tuple[str, list[dict[str, str]]]:
+        r = CliRunner().invoke(cli_app, ["audit", "export", out, "-o", str(tmp_path / name), "--db", url])
+        assert r.exit_code == 0, r.output
+        return r.output, list(csv.DictReader((tmp_path / name).open(encoding="utf-8", newline="")))
+
+    def kill(child: subprocess.Popen) -> None:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+
+    close_refusal_windows(service)
+    kill(holding_server())
+    running = holding_server()
+    try:
+        said, rows = export("while_held.csv")
+        kept = [r for r in rows if r["seq"]]
+        held = [r for r in rows if not r["seq"]]
+        # the killed server's: written first, entries of the copy; the running server's: listed, held
+        assert [(r["action"], json.loads(r["after_json"])["count"]) for r in kept[-2:]] == [
+            ("access_refused_delayed", 2), ("access_refused_delayed", 1)]
+        assert [(r["action"], r["username"], json.loads(r["after_json"])["count"], json.loads(r["after_json"])["held"],
+                 r["entry_sha256"]) for r in held] == [("access_refused_delayed_held", "bob", 2, True, ""),
+                                                       ("access_refused_delayed_held", "bob", 1, True, "")], held
+        assert "2 row(s) after the entries are refusals servers still hold" in said
+        (entry,) = entries_of(service, "audit_export")[-1:]
+        assert (entry[4]["last_seq"], entry[4]["held_refusals"]) == (int(kept[-1]["seq"]), 2)
+    finally:
+        kill(running)
+    said, rows = export("after.csv")   # the running server killed since: its refusals written by this copy
+    assert all(r["seq"] for r in rows) and "still hold" not in said
+    assert [(r["action"], json.loads(r["after_json"])["count"]) for r in rows[-2:]] == [
+        ("access_refused_delayed", 2), ("access_refused_delayed", 1)]
     with service.factory() as db:
         assert audit.verify(db).ok
 

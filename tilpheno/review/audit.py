@@ -247,16 +247,20 @@ def verify(db: Session) -> Verification:
 class TrailCopy:
     """A copy of the trail (:func:`export_csv`): its CSV text, the entries it holds, ``first`` to
     ``last`` (``seq``; 0 and 0 when the trail is empty), and the rows after them that are not
-    entries (``open_windows``: the open refusal windows' counts so far)."""
+    entries (``open_windows``: the open refusal windows' counts so far; ``held``: the refusals
+    servers still hold, not yet written)."""
     text: str
     first: int
     last: int
     open_windows: int = 0
+    held: int = 0
 
 
-def export_csv(db: Session, open_windows: Sequence[Mapping[str, str]] = ()) -> TrailCopy:
+def export_csv(db: Session, open_windows: Sequence[Mapping[str, str]] = (),
+               held: Sequence[Mapping[str, str]] = ()) -> TrailCopy:
     """Every entry, oldest first, as CSV text (cells starting with = + - @ are prefixed with '),
-    then the rows ``open_windows`` (:data:`CSV_COLUMNS` each; no ``seq``: not entries of the chain)."""
+    then the rows ``open_windows``, then ``held`` (:data:`CSV_COLUMNS` each; no ``seq``: not
+    entries of the chain)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -264,9 +268,9 @@ def export_csv(db: Session, open_windows: Sequence[Mapping[str, str]] = ()) -> T
     for e in db.scalars(select(AuditEntry).order_by(AuditEntry.seq)):
         writer.writerow([_cell(getattr(e, c)) for c in CSV_COLUMNS])
         first, last = first or e.seq, e.seq
-    for row in open_windows:
+    for row in [*open_windows, *held]:
         writer.writerow([_cell(row[c]) for c in CSV_COLUMNS])
-    return TrailCopy(buf.getvalue(), first, last, len(open_windows))
+    return TrailCopy(buf.getvalue(), first, last, len(open_windows), len(held))
 
 
 def _cell(value):

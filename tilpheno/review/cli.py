@@ -363,19 +363,26 @@ def audit_export(out: Path = typer.Argument(...), csv_path: Path = typer.Option(
     `audit_export`: who, the file, the entries it holds and its SHA-256; the copy holds not its own
     entry, the next copy does). The refusal windows whose time is over (no server ran since) are
     written first: the copy holds their counts; those still open follow the entries, their counts
-    so far marked open (action `..._open`, no `seq`: not entries of the chain)."""
+    so far marked open (action `..._open`, no `seq`: not entries of the chain). Refused requests a
+    killed server held (its spool file beside OUT) are written first too; those a running server
+    still holds follow, marked held (action `..._held`, no `seq`)."""
     from tilpheno.cli import _write_or_fail
     from tilpheno.errors import TilphenoError
     from tilpheno.io.atomic import write_text
     from tilpheno.review import refusals
     from tilpheno.review.db import ReviewError
-    from tilpheno.review.service import record_trail_export, trail_copy, transaction
+    from tilpheno.review.service import record_trail_export, spool_of, trail_copy, transaction, write_spooled
 
     try:
         factory = _factory(out, db)
         rule = refusals.RefusalRule()
         transaction(factory, lambda s: refusals.close(s, rule))
-        copy = trail_copy(factory, rule)
+        spool = spool_of(out, factory)
+        try:
+            write_spooled(factory, rule, spool)   # what killed servers held
+        except ReviewError as exc:
+            typer.echo(f"warning: refusals servers held not written ({exc}): the copy lists them, marked held", err=True)
+        copy = trail_copy(factory, rule, spool)
     except (TilphenoError, OSError) as exc:
         _fail(exc)
     # -o a folder, no permission, a full disk (whose error names no file): one line naming -o
@@ -384,7 +391,9 @@ def audit_export(out: Path = typer.Argument(...), csv_path: Path = typer.Option(
         seq = record_trail_export(factory, _actor(), str(csv_path), copy)
     except TilphenoError as exc:
         _fail(ReviewError(f"{csv_path}: written, but recording its export in the audit trail failed: {exc}"))
-    typer.echo(f"audit trail written to {csv_path}; this export is audited as entry {seq} (audit_export)")
+    typer.echo(f"audit trail written to {csv_path}; this export is audited as entry {seq} (audit_export)"
+               + (f"; {copy.held} row(s) after the entries are refusals servers still hold, not yet written (action "
+                  "..._held, no seq)" if copy.held else ""))
 
 
 def export_approved(

@@ -440,6 +440,20 @@ class DelayedRefusals:
             found.append(SpoolFile(path, token, fd))
         return found
 
+    def read_all(self) -> list[Held]:
+        """What every spool file of this database holds now (live servers' too: read, not locked;
+        a line still being written is left out, :func:`read_spool`), for a copy of the trail."""
+        found = []
+        for path in sorted(self.directory.glob(f"{self.database}.*{SPOOL_SUFFIX}")):
+            try:
+                held, problems = read_spool(path, self.limit)
+            except FileNotFoundError:   # written and removed meanwhile
+                continue
+            for problem in problems:
+                log.debug("%s", problem)
+            found.append(held)
+        return found
+
     def written(self, files: list[SpoolFile]) -> None:
         """Remove ``files``, whose refusals are in the trail (committed), and let go of them."""
         with self._lock:
@@ -492,24 +506,58 @@ def write_delayed(db: Session, rule: RefusalRule, files: list[Held]) -> list[int
     done = written_tokens(db, [t for f in files for t in f.tokens])
     if done:
         log.info("held refusals of spool file(s) %s are in the audit trail already: not written again", ", ".join(sorted(done)))
-    todo = [f for f in files if not done.intersection(f.tokens)]
-    if not todo:
+    return [audit.append(db, e.username, e.action, product_id=e.product_id, after=e.after, reason=e.reason,
+                         clock=rule.clock).seq for e in delayed_entries([f for f in files if not done.intersection(f.tokens)])]
+
+
+@dataclass(frozen=True)
+class DelayedEntry:
+    """An ``access_refused_delayed`` or ``access_refused_lost`` entry to be (:func:`delayed_entries`)."""
+    action: str
+    username: str
+    product_id: str
+    after: dict[str, Any]
+    reason: str
+
+
+def delayed_entries(files: list[Held]) -> list[DelayedEntry]:
+    """The entries that write what the spool files ``files`` hold, together (:func:`write_delayed`):
+    one per refused request (the first held first), then the one of those lost, if any."""
+    if not files:
         return []
-    held = todo[0]
-    for more in todo[1:]:
+    held = files[0]
+    for more in files[1:]:
         held = held.merged(more)
     spool = sorted(held.tokens)
     groups: dict[tuple[str, str, str, str], list[DelayedRefusal]] = {}
     for r in held.refusals:
         groups.setdefault((r.username, r.request, r.product_id, r.refusal), []).append(r)
-    seqs = [audit.append(db, username, "access_refused_delayed", product_id=product_id, reason=refusal, after={
+    entries = [DelayedEntry("access_refused_delayed", username, product_id, {
         "request": request, "count": len(rs), "first_at": utc(rs[0].at), "last_at": utc(rs[-1].at), "clock": "server",
-        "error": rs[0].error, "spool": spool}, clock=rule.clock).seq
-        for (username, request, product_id, refusal), rs in groups.items()]
+        "error": rs[0].error, "spool": spool}, refusal) for (username, request, product_id, refusal), rs in groups.items()]
     if held.lost.count:
-        seqs.append(audit.append(db, "system", "access_refused_lost", reason=(
-            f"{held.lost.count} refused requests neither written nor held: the database would not take them and "
-            f"the server held {held.limit} already"), after={
+        entries.append(DelayedEntry("access_refused_lost", "system", "", {
             "count": held.lost.count, "first_at": utc(held.lost.first), "last_at": utc(held.lost.last),
-            "clock": "server", "max_held": held.limit, "spool": spool}, clock=rule.clock).seq)
-    return seqs
+            "clock": "server", "max_held": held.limit, "spool": spool}, (
+            f"{held.lost.count} refused requests neither written nor held: the database would not take them and "
+            f"the server held {held.limit} already")))
+    return entries
+
+
+HELD_SUFFIX = "_held"   # a copy of the trail shows a refusal still held as its entry-to-be's action + this
+
+
+def held_rows(db: Session, rule: RefusalRule, files: list[Held]) -> list[dict[str, str]]:
+    """What a copy of the trail shows of the refusals servers still hold (``files``: every spool file
+    of the database, read before the copy's moment; those whose entries the trail holds at it left
+    out, :func:`written_tokens`), after the open windows: one row per entry to be, in the trail's
+    CSV columns, not an entry of the trail: ``seq``, ``prev_sha256`` and ``entry_sha256`` empty,
+    ``at`` now (the rule's clock), ``action`` the entry's with :data:`HELD_SUFFIX`
+    (``access_refused_delayed_held``, ``access_refused_lost_held``), ``after`` the entry's with
+    ``"held": true``. One file per row group: each file is written as a whole."""
+    done = written_tokens(db, [t for f in files for t in f.tokens])
+    entries = [e for f in files if not done.intersection(f.tokens) for e in delayed_entries([f])]
+    at = utc(rule.now(db)) if entries else ""
+    return [{"seq": "", "at": at, "username": e.username, "action": e.action + HELD_SUFFIX, "product_id": e.product_id,
+             "before_json": audit.canonical(None), "after_json": audit.canonical({**e.after, "held": True}),
+             "reason": e.reason, "prev_sha256": "", "entry_sha256": ""} for e in entries]

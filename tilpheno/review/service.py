@@ -239,14 +239,54 @@ def transaction(factory: sessionmaker, fn: Callable[[Session], Any], retries: in
             db.close()
 
 
-def trail_copy(factory: sessionmaker, rule: refusals.RefusalRule) -> audit.TrailCopy:
+def trail_copy(factory: sessionmaker, rule: refusals.RefusalRule, spool: refusals.DelayedRefusals) -> audit.TrailCopy:
     """A copy of the audit trail (:func:`audit.export_csv`) with the open refusal windows' counts so
     far after its entries, marked open (:func:`refusals.open_rows`), read at one moment
     (:func:`snapshot`): a window closed meanwhile is either an entry or an open row, never both or
-    neither. Nothing is written: the chain stays as it is."""
+    neither; then the refusals servers still hold in ``spool``'s files, marked held
+    (:func:`refusals.held_rows`; the files read before that moment, those written by it left out: a
+    file written meanwhile is entries or held rows, never both or neither). Nothing is written:
+    the chain stays as it is (the caller writes what it can first, :func:`write_spooled`)."""
+    held = spool.read_all()
     with factory() as db:
         snapshot(db)
-        return audit.export_csv(db, refusals.open_rows(db, rule))
+        return audit.export_csv(db, refusals.open_rows(db, rule), refusals.held_rows(db, rule, held))
+
+
+def spool_of(out_dir: str | Path, factory: sessionmaker, limit: int = refusals.MAX_DELAYED) -> refusals.DelayedRefusals:
+    """The held refusals of OUT's servers on ``factory``'s database (:class:`refusals.DelayedRefusals`:
+    their spool files beside OUT, this database's)."""
+    url = factory.kw["bind"].url.render_as_string(hide_password=True)
+    return refusals.DelayedRefusals(refusals.spool_directory(out_dir), refusals.database_key(url), limit)
+
+
+def write_spooled(factory: sessionmaker, rule: refusals.RefusalRule, spool: refusals.DelayedRefusals) -> list[int]:
+    """Write what ``spool`` holds (its process's files) and what killed servers left in theirs
+    (:meth:`refusals.DelayedRefusals.orphans`) in one transaction (:func:`refusals.write_delayed`),
+    then remove the files; the entries' ``seq``. A torn or unreadable line is a warning naming the
+    file and line. When the database would not take them they stay held (ReviewError raised)."""
+    files = spool.take()
+    try:
+        files += spool.orphans()
+    except OSError as exc:   # the spool folder not readable: this process's files only
+        log.warning("held refusals of killed servers not looked for in %s: %s", spool.directory, exc)
+    if not files:
+        return []
+    held = []
+    for f in files:
+        read, problems = refusals.read_spool(f.path, spool.limit)
+        for problem in problems:
+            log.warning("%s", problem)
+        held.append(read)
+    try:
+        seqs = transaction(factory, lambda db: refusals.write_delayed(db, rule, held))
+    except ReviewError:
+        spool.release(files)
+        raise
+    spool.written(files)
+    log.info("held refusals of %d spool file(s) written to the audit trail (entries %s)", len(files),
+             ", ".join(map(str, seqs)) or "none: written before")
+    return seqs
 
 
 def record_trail_export(factory: sessionmaker, username: str, file: str, copy: audit.TrailCopy,
@@ -255,10 +295,10 @@ def record_trail_export(factory: sessionmaker, username: str, file: str, copy: a
     its name and the SHA-256 of its bytes), the entries it holds (``first_seq`` to ``last_seq``;
     0 and 0 when none) and the open refusal windows shown after them (``open_windows``). Written
     after the copy was made: the copy never holds its own entry, the next one does. Returns the
-    entry's ``seq`` (its ``at`` by ``clock``)."""
+    entry's ``seq`` (its ``at`` by ``clock``); ``held_refusals``: the rows of refusals still held it showed."""
     return transaction(factory, lambda db: audit.append(db, username, "audit_export", after={
         **_sent(file, copy.text), "first_seq": copy.first, "last_seq": copy.last,
-        "open_windows": copy.open_windows}, clock=clock).seq)
+        "open_windows": copy.open_windows, "held_refusals": copy.held}, clock=clock).seq)
 
 
 def _concerns(*product_ids: str) -> Callable[[AuditEntry], bool]:
@@ -980,9 +1020,7 @@ class ReviewService:
         self.noun = source.study.product_noun   # what the study calls a product, in messages too
         self._criteria: dict[tuple[str, str], list[CriterionResult]] = {}
         self.refusals = refusals.RefusalRule(clock=clock)   # identical refused requests counted, not each written
-        bind = factory.kw["bind"]
-        self.delayed = refusals.DelayedRefusals(   # refusals the database would not take, until it does
-            refusals.spool_directory(source.out_dir), refusals.database_key(bind.url.render_as_string(hide_password=True)))
+        self.delayed = spool_of(source.out_dir, factory)   # refusals the database would not take, until it does
 
     def append(self, db: Session, username: str, action: str, **fields: Any) -> AuditEntry:
         """:func:`audit.append` (``fields``: its keywords) at this server's :attr:`clock`."""
@@ -1065,34 +1103,19 @@ class ReviewService:
         if not (replay or self.delayed.pending()) or not self.delayed.writing.acquire(blocking=False):
             return []   # nothing held, or another of this server's threads is writing them
         try:
-            return self._write_spooled()
+            return write_spooled(self.factory, self.refusals, self.delayed)
         finally:
             self.delayed.writing.release()
 
-    def _write_spooled(self) -> list[int]:
-        """:meth:`write_delayed_refusals`' work, one thread at a time."""
-        files = self.delayed.take()
+    def copy_trail(self) -> audit.TrailCopy:
+        """A copy of the trail (:func:`trail_copy`) once what servers hold is written, this server's and
+        killed servers' (:meth:`write_delayed_refusals`); what the database would not take is
+        listed in it, marked held."""
         try:
-            files += self.delayed.orphans()
-        except OSError as exc:   # no spool folder yet, or not readable: this server's files only
-            log.debug("spool %s not searched: %s", self.delayed.directory, exc)
-        if not files:
-            return []
-        held = []
-        for f in files:
-            read, problems = refusals.read_spool(f.path, self.delayed.limit)
-            for problem in problems:
-                log.warning("%s", problem)
-            held.append(read)
-        try:
-            seqs = transaction(self.factory, lambda db: refusals.write_delayed(db, self.refusals, held))
-        except ReviewError:
-            self.delayed.release(files)
-            raise
-        self.delayed.written(files)
-        log.info("held refusals of %d spool file(s) written to the audit trail (entries %s)", len(files),
-                 ", ".join(map(str, seqs)) or "none: written before")
-        return seqs
+            self.write_delayed_refusals(replay=True)
+        except ReviewError as exc:
+            log.warning("held refusals not written before a copy of the audit trail (listed in it as held): %s", exc)
+        return trail_copy(self.factory, self.refusals, self.delayed)
 
     def write_repeated_refusals(self) -> list[int]:
         """Write the counts of the refusal windows whose time is over, whichever server counted them

@@ -43,7 +43,7 @@ from tilpheno.review.service import (APPROVED, REJECTED, ApprovalsWouldBeVoided,
                                      Forbidden, NotFound, ReviewService, VersionConflict, approved_of, deciding,
                                      decision_of, failed_criteria,
                                      failed_words, oos_of, record_trail_export, replaced_words, run_software_note,
-                                     trail_copy, transaction, voided)
+                                     transaction, voided)
 from tilpheno.review.throttle import LoginNotice, LoginNotices, LoginThrottle
 
 log = logging.getLogger(__name__)
@@ -546,7 +546,7 @@ def create_app(service: ReviewService) -> Flask:
     def audit_csv():
         if g.user.role not in ("reviewer", "admin"):
             raise Forbidden(f"role {g.user.role} cannot export the audit trail")
-        copy = trail_copy(factory, service.refusals)   # the entries, then the open refusal windows' counts so far
+        copy = service.copy_trail()   # held refusals written first; the entries, the open windows' counts, what is still held
         record_trail_export(factory, g.user.username, "audit.csv", copy, service.clock)   # after the copy: it holds not its own entry
         return Response(copy.text, mimetype="text/csv", headers={"Content-Disposition": 'attachment; filename="audit.csv"'})
 
