@@ -25,6 +25,9 @@ and measures over HTTP with a logged-in session, wall clock, after one warm-up r
 * the due-window check's query alone (``refusals.due`` in a session) against the check as it was
   before stop 54 (the clock read by a query of its own, then the windows), called alternately in one
   run so that the machine's load weighs on both alike: their ratio;
+* the login session's lookup every request makes (``auth.find_session``: one SELECT with the record
+  clock's now in it) against the lookup as it was before stop 55 (the row by its key, its expiry
+  compared with the machine's clock in Python), alternately in one run: their ratio and statements;
 * first open of a product (version 1 made by re-running the automatic gating), once; and the
   first candidates request of a server started after the product was imported (a fresh
   ``ReviewSource`` re-gates the product for them), once.
@@ -173,6 +176,24 @@ def main() -> None:
             assert db.scalar(select(RefusalWindow.key_sha256).where(
                 RefusalWindow.opened <= now - service.refusals.window).limit(1)) is None
 
+    from tilpheno.review.auth import find_session, new_session, token_digest
+
+    token = transaction(service.factory, lambda db: new_session(db, None, service.clock)[0])
+
+    def session_lookup():
+        with service.factory() as db:
+            assert find_session(db, token, service.clock) is not None
+
+    def session_lookup_before():   # stop 54's find_session: the row by its key, its expiry against the machine's clock
+        from datetime import datetime, timezone
+
+        from tilpheno.review.models import LoginSession
+
+        with service.factory() as db:
+            row = db.get(LoginSession, token_digest(token))
+            assert row is not None and datetime.strptime(row.expires_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                tzinfo=timezone.utc) > datetime.now(timezone.utc)
+
     def open_windows(n: int) -> None:
         """``n`` refused requests of one user, each its own window (beyond the cap: folded), all open."""
         transaction(service.factory, lambda db: [refusals.record(db, service.refusals, "bench", f"GET /flood/{i}", "",
@@ -188,10 +209,14 @@ def main() -> None:
             ("refusal opening a window (+ its entry)", timed(lambda: refuse(next(users), "GET /new"), 10 * args.repeats))]
     one, two = alternately(due_query, due_query_before, 20 * args.repeats)
     rows += [("due query, one statement (now)", one), ("due query, clock query + windows (before)", two)]
+    s_now, s_before = alternately(session_lookup, session_lookup_before, 20 * args.repeats)
+    rows += [("session lookup, record clock (now)", s_now), ("session lookup, machine clock (before)", s_before)]
     engine = service.factory.kw["bind"]
     sent = {"due-window check": statements(engine, due_check),
             "refusal counted": statements(engine, lambda: refuse("bench", "GET /counted")),
-            "refusal opening a window": statements(engine, lambda: refuse(next(users), "GET /new"))}
+            "refusal opening a window": statements(engine, lambda: refuse(next(users), "GET /new")),
+            "session lookup": statements(engine, session_lookup),
+            "session lookup before": statements(engine, session_lookup_before)}
     open_windows(1000)
     rows += [("due-window check alone, 1000 open", timed(due_check, 10 * args.repeats)),
              ("GET /healthz, 1000 windows open", timed(lambda: opener.open(base + "/healthz").read(), args.repeats))]
@@ -209,6 +234,8 @@ def main() -> None:
     print(f"{'first open (re-gate, version 1)':40s} {first_open:10.1f}")
     print(f"{'first candidates of a later server':40s} {first_candidates:10.1f}")
     print(f"due query now / before (ratio of medians, one run): {statistics.median(one) / statistics.median(two):.2f}")
+    print(f"session lookup now / before (ratio of medians, one run): "
+          f"{statistics.median(s_now) / statistics.median(s_before):.2f}")
     print("SQL statements sent (round trips): " + ", ".join(f"{k} {n}" for k, n in sent.items()))
     srv.close()
 

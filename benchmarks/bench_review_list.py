@@ -67,7 +67,7 @@ def fill_database(src: Path, dest: Path, url: str, clone_of: dict[str, str]) -> 
     """Users, and every product imported as ``ReviewService.ensure_imported`` imports it."""
     from tilpheno.review import audit
     from tilpheno.review.auth import create_user
-    from tilpheno.review.models import GateSetVersion, Product, ProductAssignment, utcnow
+    from tilpheno.review.models import GateSetVersion, Product, ProductAssignment
     from tilpheno.review.regate import ReviewSource, gates_sha256
     from tilpheno.review.server import build_service
     from tilpheno.review.service import transaction
@@ -84,7 +84,7 @@ def fill_database(src: Path, dest: Path, url: str, clone_of: dict[str, str]) -> 
             gates = json.loads(json.dumps(automatic[clone_of[pid]]))
             for tube in gates["tubes"].values():
                 tube["file"] = f"{pid}__{tube['file']}"
-            now, inputs, digest = utcnow(), service.source.inputs_digest(pid), gates_sha256(gates)
+            now, inputs, digest = service.clock.stamp(db), service.source.inputs_digest(pid), gates_sha256(gates)
             db.add(Product(product_id=pid, current_version=1, inputs_json=audit.canonical(inputs),
                            til_dose_cells=service.source.til_dose_cells(pid), imported_at=now))
             db.flush()

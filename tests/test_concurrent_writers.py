@@ -38,8 +38,8 @@ def test_two_threads_making_one_review_database_each_use_their_own_temporary(tmp
     made, first_done = threading.Barrier(2, timeout=60), threading.Event()
     real_upgrade, errors = review_db.upgrade, {}
 
-    def upgrade(engine):   # both schemas made before either is linked; the second links once the first is done
-        real_upgrade(engine)
+    def upgrade(engine, clock=None):   # both schemas made before either is linked; the second links once the first is done
+        real_upgrade(engine, clock)
         if engine.url.database.endswith(".creating"):
             made.wait()
             if threading.current_thread().name == "second":

@@ -503,6 +503,28 @@ def test_a_failed_swap_keeps_the_previous_export_and_says_what_the_trail_holds(a
     assert sorted(p.name for p in dest.parent.iterdir()) == ["x"]
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_the_certificate_is_issued_at_the_record_clocks_time(kind, source3, tmp_path):
+    """The certificate's issue time came from the machine's clock (``models.utcnow``) while the
+    approval it prints and its audit entry are the record's clock (``audit.Clock``: PostgreSQL's;
+    SQLite the machine's). Now it is the server's record clock too: injected a day ahead of the
+    machine, the printed ``Issued ... UTC`` lies between that clock's readings before and after."""
+    import re
+    import time
+
+    from tilpheno.review.audit import Clock
+    from tilpheno.review.models import utc
+
+    ahead = 86400.0
+    with service_on(kind, tmp_path, source3, Clock.shared(lambda: time.time() + ahead)) as svc:
+        approve(svc)
+        before = time.time() + ahead
+        flowing, _ = certificate_text(svc, tmp_path)
+        after = time.time() + ahead
+    issued = re.search(r"Issued (\S+) UTC", flowing).group(1)
+    assert utc(before)[:19] <= issued <= utc(after)[:19], (issued, utc(before))
+
+
 @pytest.mark.parametrize("criteria, why", [
     ((("Dose", "no_such_column", ">=", 1.0, "cells"),), "value missing"),   # a column the phenotype lacks: no value
     ((), "no criterion applicable"),

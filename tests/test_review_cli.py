@@ -369,6 +369,41 @@ def test_an_old_database_is_upgraded_by_the_migrations(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_an_upgrades_assignments_are_timed_by_the_record_clock(kind, tmp_path):
+    """The 0002 migration's assignments took the machine's clock (``datetime.now``) while every other
+    time of the record, its ``schema_upgrade`` entry's too, is the record's clock (``audit.Clock``:
+    PostgreSQL's; SQLite the machine's). Now the migration reads the clock ``open_database`` is
+    given: injected at an instant the machine is not at, every assignment's ``assigned_at`` and the
+    upgrade entry's ``at`` are that instant; the trail verifies."""
+    from sqlalchemy import text
+
+    from tilpheno.review import audit
+    from tilpheno.review.db import make_engine, open_database
+    from tilpheno.review.models import utc
+
+    at = 1_900_000_000.25   # 2030-03-17: not the machine's now
+    url = database_url(kind, tmp_path)
+    try:
+        engine = make_engine(url)
+        with _at_revision(engine, "0001") as conn:
+            conn.execute(text("INSERT INTO users (username, full_name, role, password_hash, failed_logins, active, "
+                              "created_at) VALUES ('ann', 'Ann', 'analyst', 'x', 0, true, '2026-01-01T00:00:00.000000Z')"))
+            for pid in ("TIL001", "TIL002"):
+                conn.execute(text("INSERT INTO products (product_id, current_version, inputs_json, imported_at) "
+                                  "VALUES (:p, 1, '[]', '2026-01-01T00:00:00.000000Z')"), {"p": pid})
+        engine.dispose()
+        factory = open_database(url, audit.Clock.shared(lambda: at))
+        with factory() as db:
+            assigned = db.execute(text("SELECT assigned_at FROM product_assignments")).scalars().all()
+            upgraded = db.execute(text("SELECT at FROM audit_entries WHERE action = 'schema_upgrade'")).scalars().all()
+            assert audit.verify(db).ok
+        factory.kw["bind"].dispose()
+        assert assigned == [utc(at)] * 2 and upgraded == [utc(at)], (assigned, upgraded)
+    finally:
+        drop_schema(url)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_an_upgrade_to_assignments_keeps_what_analysts_saw_and_is_audited(kind, review_out, tmp_path):
     """A database at revision 0001 (every analyst saw every product) upgraded to 0002 (analysts see
     their assignments): each analyst is assigned every product the database holds, so the upgrade

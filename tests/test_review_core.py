@@ -653,8 +653,8 @@ def test_an_approval_racing_an_account_change_is_refused(service, monkeypatch):
             setattr(account, field, value)
             audit.append(db, "cli:admin", "user_changed", after={"username": "erin", field: value})
 
-        def check_then_admin_changes(db, account, password, change=change):
-            checked = verify_password(db, account, password)
+        def check_then_admin_changes(db, account, password, clock, change=change):
+            checked = verify_password(db, account, password, clock)
             transaction(service.factory, change)   # committed while the signature is on its way
             return checked
 
@@ -682,7 +682,7 @@ def test_a_save_racing_an_assignment_withdrawal_a_role_change_or_a_disable_is_re
 
     from tilpheno.review import service as service_module
     from tilpheno.review.auth import create_user, get_user
-    from tilpheno.review.models import ProductAssignment, utcnow
+    from tilpheno.review.models import ProductAssignment
     from tilpheno.review.service import transaction
 
     pid = "TIL001"
@@ -695,7 +695,8 @@ def test_a_save_racing_an_assignment_withdrawal_a_role_change_or_a_disable_is_re
             account.role, account.active = role, True
             db.execute(delete(ProductAssignment).where(ProductAssignment.username == "gus"))
             if assigned:
-                db.add(ProductAssignment(product_id=pid, username="gus", assigned_by="test", assigned_at=utcnow()))
+                db.add(ProductAssignment(product_id=pid, username="gus", assigned_by="test",
+                                         assigned_at=service.clock.stamp(db)))
             audit.append(db, "test", "user_reset", after={"username": "gus", "role": role, "assigned": assigned})
         transaction(service.factory, do)
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 
 from review_support import OOS_REASON, PASSWORDS, approval_resolutions, flagged_out, fresh_service, processed_once, review_out, review_source, service, source3, standing_approval_id  # noqa: F401  (fixtures)
 from review_support import login
@@ -61,6 +61,47 @@ def test_login_cookie_flags_headers_and_session_rotation(app):
     assert r.headers["Set-Cookie"].split(";")[0] != cookie.split(";")[0]   # new session id at login
     assert c.get("/").status_code == 200
     assert app.test_client().get("/").status_code == 302                # not logged in -> login page
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_lock_outs_and_login_sessions_are_timed_by_the_record_clock(kind, review_source, tmp_path):
+    """A lock-out's end and a login session's start and expiry were the machine's clock
+    (``datetime.now``) while the login entries are the record's clock (``audit.Clock``: PostgreSQL's;
+    SQLite the machine's): of servers on one database, one whose machine ran ahead locked an account
+    for less than 15 minutes by the record and kept sessions past their end. Now they are the
+    server's record clock; injected a day ahead of the machine: five wrong passwords lock root until
+    that clock's now + 15 min, alice's session starts at its now and ends 8 h later, and a session
+    still 1 h from its end by the machine but over by that clock is refused (HTTP 401)."""
+    import time
+
+    from review_support import service_on
+    from tilpheno.review.auth import LOCKOUT_MINUTES, MAX_FAILURES, SESSION_HOURS
+    from tilpheno.review.models import LoginSession, User, utc
+
+    ahead = 86400.0
+    with service_on(kind, tmp_path, review_source, Clock.shared(lambda: time.time() + ahead)) as svc:
+        app = create_app(svc)
+        c = app.test_client()
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', c.get("/login").text).group(1)
+        before = time.time() + ahead
+        for _ in range(MAX_FAILURES):
+            c.post("/login", data={"username": "root", "password": "wrong", "csrf_token": csrf})
+        c_alice, _, _ = login(app, "alice")
+        after = time.time() + ahead
+        with svc.factory() as db:
+            locked_until = db.scalar(select(User.locked_until).where(User.username == "root"))
+            (session,) = db.scalars(select(LoginSession).join(User, User.id == LoginSession.user_id)
+                                    .where(User.username == "alice")).all()
+        assert utc(before + LOCKOUT_MINUTES * 60) <= locked_until <= utc(after + LOCKOUT_MINUTES * 60), locked_until
+        assert utc(before) <= session.created_at <= utc(after), session.created_at
+        assert utc(before + SESSION_HOURS * 3600) <= session.expires_at <= utc(after + SESSION_HOURS * 3600)
+        assert c_alice.get("/").status_code == 200
+        with svc.factory() as db:   # 1 h left by the machine's clock, a day over by the record's
+            db.execute(update(LoginSession).where(LoginSession.token_sha256 == session.token_sha256)
+                       .values(expires_at=utc(time.time() + 3600.0)))
+            db.commit()
+        r = c_alice.get("/")
+        assert r.status_code == 401 and "session invalid or expired" in r.text
 
 
 def test_wrong_password_and_lockout_over_http(app, service):
@@ -2671,7 +2712,7 @@ def test_an_analyst_signing_a_qa_decision_is_refused_for_the_role_first(flagged_
     taken; after typing the resolutions he learnt that his role cannot approve at all. Now the
     role is refused first (HTTP 403 naming it, audited signature_refused), nothing signed."""
     from review_support import database_url, drop_schema, make_service
-    from tilpheno.review.models import ProductAssignment, utcnow
+    from tilpheno.review.models import ProductAssignment
     from tilpheno.review.service import transaction
 
     pid = "TIL002"
@@ -2679,7 +2720,7 @@ def test_an_analyst_signing_a_qa_decision_is_refused_for_the_role_first(flagged_
     service = make_service(flagged_out, url)
     try:
         transaction(service.factory, lambda db: db.add(ProductAssignment(product_id=pid, username="bob",
-                                                                         assigned_by="test", assigned_at=utcnow())))
+                                                                         assigned_by="test", assigned_at=service.clock.stamp(db))))
         assert [f for f in service.source.qc_flags(pid) if f["severity"] in ("warning", "error")]
         c, h, _ = login(create_app(service), "bob")
         version = c.get(f"/api/products/{pid}/state").json["current_version"]

@@ -20,7 +20,6 @@ import hashlib
 import re
 import secrets
 import unicodedata
-from datetime import datetime, timedelta, timezone
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -30,7 +29,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from tilpheno.review.audit import DATABASE_CLOCK, Clock
 from tilpheno.review.db import ReviewError
-from tilpheno.review.models import ROLES, LoginSession, User
+from tilpheno.review.models import ROLES, LoginSession, User, utc
 
 MAX_FAILURES = 5
 LOCKOUT_MINUTES = 15
@@ -54,14 +53,6 @@ class AuthError(Exception):
     def audited(self) -> str:
         """The audit trail's reason: the message, and the detail when there is one."""
         return f"{self} ({self.detail})" if self.detail else str(self)
-
-
-def _parse(ts: str) -> datetime:
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
-
-
-def _fmt(dt: datetime) -> str:
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def validate_account(username: str, role: str, full_name: str = "") -> None:
@@ -121,8 +112,10 @@ def get_user(db: Session, username: str) -> User:
     return user
 
 
-def locked(user: User, now: datetime | None = None) -> bool:
-    return user.locked_until is not None and _parse(user.locked_until) > (now or datetime.now(timezone.utc))
+def locked(user: User, now: str) -> bool:
+    """Whether ``user``'s lock-out is in force at ``now`` (stored text, :func:`~tilpheno.review.models.utc`:
+    the record's clock, as ``locked_until`` was set; fixed-width text compares as the times do)."""
+    return user.locked_until is not None and user.locked_until > now
 
 
 class PasswordEntry:
@@ -155,13 +148,12 @@ def _count_failure(db: Session, user: User) -> int:
     return count
 
 
-def _clear_failures(db: Session, user: User) -> bool:
+def _clear_failures(db: Session, user: User, now: str) -> bool:
     """After a right password: forget ``user``'s wrong passwords and an ended lock-out, unless the
     database holds a lock-out in force (set by a wrong password checked at the same time, after
     ``user`` was read): False then, and the account stays locked (a right guess in flight used to
     clear a lock-out just set). The row is written (and locked) only when there is something to
-    forget, as before."""
-    now = _fmt(datetime.now(timezone.utc))
+    forget, as before. ``now``: stored text by the record's clock."""
     failed, until = db.execute(select(User.failed_logins, User.locked_until).where(User.id == user.id)).one()
     if until is not None and until > now:
         return False
@@ -181,27 +173,30 @@ def _locked_error(user: User) -> AuthError:
                      f"{MAX_FAILURES} wrong passwords (an admin can run: tilpheno users unlock {user.username})")
 
 
-def check_password(db: Session, user: User | None, password: str | PasswordEntry) -> User:
+def check_password(db: Session, user: User | None, password: str | PasswordEntry, clock: Clock = DATABASE_CLOCK) -> User:
     """The user if ``password`` is right; else count the failure (lock-out) and raise AuthError.
 
     The caller commits in both cases (a failure must be stored). A caller that may re-run the
-    transaction passes a :class:`PasswordEntry` made outside it (the password is verified once)."""
+    transaction passes a :class:`PasswordEntry` made outside it (the password is verified once).
+    A lock-out's start and end are ``clock``'s (:class:`~tilpheno.review.audit.Clock`, read once:
+    the database's on PostgreSQL), as the entries that record them."""
     global _DUMMY_HASH
     entry = password if isinstance(password, PasswordEntry) else PasswordEntry(password)
     if user is None or not user.active:
         _DUMMY_HASH = _DUMMY_HASH or _HASHER.hash("not a password of anyone")
         entry.matches(_DUMMY_HASH)   # same work as for a real account
         raise AuthError("wrong user name or password", "no such account" if user is None else "account disabled")
-    if locked(user):
+    now = clock.now(db)
+    if locked(user, utc(now)):
         raise _locked_error(user)
     if not entry.matches(user.password_hash):
         if _count_failure(db, user) >= MAX_FAILURES:
-            user.locked_until = _fmt(datetime.now(timezone.utc) + timedelta(minutes=LOCKOUT_MINUTES))
+            user.locked_until = utc(now + LOCKOUT_MINUTES * 60)
             user.failed_logins = 0
             raise AuthError(f"wrong password; account {user.username} is now locked for {LOCKOUT_MINUTES} minutes",
                             locked_now=True)
         raise AuthError("wrong user name or password")
-    if not _clear_failures(db, user):
+    if not _clear_failures(db, user, utc(now)):
         db.refresh(user)
         raise _locked_error(user)
     if _HASHER.check_needs_rehash(user.password_hash):
@@ -213,25 +208,26 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def new_session(db: Session, user_id: int | None) -> tuple[str, LoginSession]:
-    """A fresh session (anonymous when ``user_id`` is None): ``(cookie token, row)``."""
+def new_session(db: Session, user_id: int | None, clock: Clock = DATABASE_CLOCK) -> tuple[str, LoginSession]:
+    """A fresh session (anonymous when ``user_id`` is None): ``(cookie token, row)``; its start and
+    expiry by ``clock`` (the record's)."""
     token = secrets.token_urlsafe(32)
-    now = datetime.now(timezone.utc)
+    now = clock.now(db)
     row = LoginSession(token_sha256=token_digest(token), user_id=user_id, csrf_token=secrets.token_urlsafe(32),
-                       created_at=_fmt(now), expires_at=_fmt(now + timedelta(hours=SESSION_HOURS)))
+                       created_at=utc(now), expires_at=utc(now + SESSION_HOURS * 3600))
     db.add(row)
     db.flush()
     return token, row
 
 
-def find_session(db: Session, token: str | None) -> LoginSession | None:
-    """The live session of a cookie token, else None (unknown, tampered or expired)."""
+def find_session(db: Session, token: str | None, clock: Clock = DATABASE_CLOCK) -> LoginSession | None:
+    """The live session of a cookie token, else None (unknown, tampered or expired by ``clock``, the
+    record's: read in the query itself, :meth:`~tilpheno.review.audit.Clock.in_statement`)."""
     if not token or len(token) > 100:
         return None
-    row = db.get(LoginSession, token_digest(token))
-    if row is None or _parse(row.expires_at) <= datetime.now(timezone.utc):
-        return None
-    return row
+    _, now = clock.in_statement(db)
+    return db.scalar(select(LoginSession).where(LoginSession.token_sha256 == token_digest(token),
+                                                LoginSession.expires_at > now))
 
 
 def csrf_ok(row: LoginSession | None, sent: str | None) -> bool:

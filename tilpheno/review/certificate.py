@@ -25,7 +25,6 @@ from xml.sax.saxutils import escape
 from tilpheno.pipeline.release import not_evaluable_reason
 from tilpheno.report.codebook import labels
 from tilpheno.release import NOT_EVALUABLE
-from tilpheno.review.models import utcnow
 from tilpheno.review.regate import recompute
 from tilpheno.review.service import REJECTED, Approval, ReviewService, oos_of, run_software_note
 
@@ -104,8 +103,10 @@ def certificate_pdf(service: ReviewService, product_id: str, issued: Approval | 
                                *(("NOSPLIT", (0, i - 1), (-1, i)) for i in spanned)]))
         return t
 
+    with service.factory() as db:
+        now = service.clock.stamp(db)   # the record's clock, as the certificate's audit entry
     story = [p(f"Certificate of analysis: product {product_id}", styles["Title"]),
-             p(f"Issued {utcnow()[:19]} UTC by tilpheno {tilpheno.__version__} from gate-set version {approved.version} "
+             p(f"Issued {now[:19]} UTC by tilpheno {tilpheno.__version__} from gate-set version {approved.version} "
                f"(approved for release by {approval.full_name}, {approval.signed_at[:19]} UTC).")]
     ran = run_software_note(src.run)   # its numbers are this tilpheno's, not the run's
     if ran:

@@ -184,6 +184,7 @@ def users_list(out: Path = typer.Argument(...), db: Optional[str] = typer.Option
     from sqlalchemy import select
 
     from tilpheno.errors import TilphenoError
+    from tilpheno.review.audit import DATABASE_CLOCK
     from tilpheno.review.auth import locked
     from tilpheno.review.models import ProductAssignment, User
 
@@ -196,12 +197,13 @@ def users_list(out: Path = typer.Argument(...), db: Optional[str] = typer.Option
         for a in s.scalars(select(ProductAssignment).order_by(ProductAssignment.product_id)):
             assigned.setdefault(a.username, []).append(a.product_id)
         accounts = list(s.scalars(select(User).order_by(User.username)))
+        now = DATABASE_CLOCK.stamp(s)   # the record's clock, as the lock-outs were set
         if not accounts:
             typer.echo(f"no accounts in this database yet; add one: tilpheno users add {out} NAME --role "
                        "analyst|reviewer|admin", err=True)
         for u in accounts:
             typer.echo(f"{u.username}\t{u.role}\t{'active' if u.active else 'disabled'}\t{u.full_name}"
-                       f"\t{'locked until ' + str(u.locked_until)[:19] + ' UTC' if locked(u) else ''}"
+                       f"\t{'locked until ' + str(u.locked_until)[:19] + ' UTC' if locked(u, now) else ''}"
                        f"\t{_products(u.role, assigned.get(u.username, []))}")
 
 

@@ -24,6 +24,8 @@ from tilpheno.errors import TilphenoError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
+
+    from tilpheno.review.audit import Clock
     from sqlalchemy.orm import sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -111,18 +113,23 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def upgrade(engine: Engine) -> None:
+def upgrade(engine: Engine, clock: Clock | None = None) -> None:
     """Apply every Alembic migration not yet applied (``alembic upgrade head``). The database's write
     lock (SQLite) or an advisory lock (PostgreSQL) is taken first, so processes opening a new
     database at once (two servers, ``users add`` beside ``serve``) migrate it one after the other:
     the second finds it at head (each used to create the tables, the second failing "already exists");
     threads of one process migrate one after the other too (:data:`_MIGRATING`: Alembic's context is
     the process's, shared by threads). Upgrading a database that had a schema is audited (:func:`_audit_upgrade`), in the same
-    transaction; making a new, empty one is not (there is nothing yet to change)."""
+    transaction; making a new, empty one is not (there is nothing yet to change). ``clock``: the
+    record's (:class:`~tilpheno.review.audit.Clock`), the time of the assignments revision 0002
+    makes and of the ``schema_upgrade`` entry (default: the database's)."""
     from alembic import command
     from alembic.config import Config
     from alembic.migration import MigrationContext
 
+    from tilpheno.review import audit
+
+    clock = clock or audit.DATABASE_CLOCK
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with _MIGRATING, engine.begin() as conn:
@@ -133,10 +140,11 @@ def upgrade(engine: Engine) -> None:
         before = MigrationContext.configure(conn).get_current_revision()
         assigned = _assignments(conn)
         cfg.attributes["connection"] = conn
+        cfg.attributes["clock"] = clock   # read by migrations that write times (0002)
         command.upgrade(cfg, "head")
         after = MigrationContext.configure(conn).get_current_revision()
         if before is not None and after != before:
-            _audit_upgrade(conn, before, str(after), sorted(_assignments(conn) - assigned))
+            _audit_upgrade(conn, before, str(after), sorted(_assignments(conn) - assigned), clock)
 
 
 def _assignments(conn) -> set[tuple[str, str]]:
@@ -148,7 +156,7 @@ def _assignments(conn) -> set[tuple[str, str]]:
     return {(u, p) for u, p in conn.execute(text("SELECT username, product_id FROM product_assignments"))}
 
 
-def _audit_upgrade(conn, before: str, after: str, added: list[tuple[str, str]]) -> None:
+def _audit_upgrade(conn, before: str, after: str, added: list[tuple[str, str]], clock: Clock) -> None:
     """The ``schema_upgrade`` entry (user ``system``): the revisions before and after, and the product
     assignments the migrations made so that analysts keep the products they saw (revision 0002:
     every product in the database, to every analyst); also logged as a warning for the admin."""
@@ -165,7 +173,7 @@ def _audit_upgrade(conn, before: str, after: str, added: list[tuple[str, str]]) 
     with Session(bind=conn) as db:
         audit.append(db, "system", "schema_upgrade", before={"revision": before},
                      after={"revision": after, "assignments_added": [{"username": u, "product_id": p} for u, p in added]},
-                     reason=reason)
+                     reason=reason, clock=clock)
     log.warning("%s", reason)
 
 
@@ -247,8 +255,9 @@ def _remove_dead_creations(path: Path) -> None:
         log.warning("%s: a leftover of a killed command beside it not removed: %s", path, exc)
 
 
-def open_database(url: str) -> sessionmaker:
-    """Engine for ``url``, schema upgraded, and a session factory (``expire_on_commit=False``). A new
+def open_database(url: str, clock: Clock | None = None) -> sessionmaker:
+    """Engine for ``url``, schema upgraded (:func:`upgrade`, its times by ``clock``), and a session
+    factory (``expire_on_commit=False``). A new
     SQLite file is made with its schema or not at all (:func:`_create_sqlite_whole`); the temporary
     files of a killed first command beside an SQLite file are removed (:func:`_remove_dead_creations`)."""
     from sqlalchemy.orm import sessionmaker
@@ -261,7 +270,7 @@ def open_database(url: str) -> sessionmaker:
             _remove_dead_creations(path)
             if not path.exists():
                 _create_sqlite_whole(path)
-        upgrade(engine)
+        upgrade(engine, clock)
     except Exception as exc:  # connection refused, bad credentials, ...: one line
         if isinstance(exc, TilphenoError):
             raise

@@ -7,7 +7,6 @@ is a working table (rows counted and deleted as windows close; ``tilpheno.review
 """
 from __future__ import annotations
 
-import time
 from datetime import datetime, timezone
 
 from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
@@ -19,11 +18,6 @@ ROLES = ("analyst", "reviewer", "admin")
 def utc(seconds: float) -> str:
     """``seconds`` since the epoch as times are stored: UTC, ISO 8601 with microseconds and a ``Z``."""
     return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def utcnow() -> str:
-    """Now, as :func:`utc`."""
-    return utc(time.time())
 
 
 class Base(DeclarativeBase):

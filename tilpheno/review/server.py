@@ -18,7 +18,7 @@ def build_service(out_dir: str | Path, db_url: str | None = None, inputs_dir: st
     """The review service of OUT on ``db_url`` (default: the SQLite file beside OUT); ``source`` reuses a loaded OUT;
     ``clock``: what it records times by (:class:`~tilpheno.review.audit.Clock`)."""
     source = source or ReviewSource(out_dir, inputs_dir)
-    return ReviewService(source, open_database(db_url or default_db_url(out_dir)), clock)
+    return ReviewService(source, open_database(db_url or default_db_url(out_dir), clock), clock)
 
 
 def import_all(service: ReviewService) -> None:

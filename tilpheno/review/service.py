@@ -1618,7 +1618,7 @@ class ReviewService:
             if not user.active:   # disabled since the request came in (or since a re-run's last read)
                 raise AuditedRefusal(refused(f"account {user.username} was disabled while signing"))
             try:
-                check_password(db, user, entry)
+                check_password(db, user, entry, self.clock)
             except AuthError as exc:
                 refused(str(exc))
                 raise

@@ -36,7 +36,7 @@ from tilpheno.release import FAIL, NOT_EVALUABLE, PASS, overall
 from tilpheno.review.auth import (SESSION_HOURS, AuthError, PasswordEntry, check_password, csrf_ok, find_session,
                                   new_session)
 from tilpheno.review.db import ReviewError
-from tilpheno.review.models import LoginSession, Product, User, utcnow
+from tilpheno.review.models import LoginSession, Product, User
 from tilpheno.review.regate import (GateSetError, candidate_gates, evaluate, recompute, release_rows,
                                     undetermined_named, validate_gate_set)
 from tilpheno.review.service import (APPROVED, REJECTED, ApprovalsWouldBeVoided, AuditedRefusal, DeviationRequired,
@@ -75,7 +75,7 @@ def create_app(service: ReviewService) -> Flask:
         token = request.cookies.get(COOKIE)
         g.user, g.new_token = None, None
         with factory() as db:
-            g.sess = find_session(db, token)
+            g.sess = find_session(db, token, service.clock)
             if g.sess is not None and g.sess.user_id is not None:
                 g.user = db.get(User, g.sess.user_id)
                 if g.user is not None and not g.user.active:
@@ -163,7 +163,7 @@ def create_app(service: ReviewService) -> Flask:
     def anonymous_csrf() -> str:
         if g.sess is None:
             def make(db):
-                token, row = new_session(db, None)
+                token, row = new_session(db, None, service.clock)
                 return token, row
             token, row = transaction(factory, make)
             g.new_token, g.sess = token, row
@@ -213,15 +213,16 @@ def create_app(service: ReviewService) -> Flask:
         def attempt(db):
             user = db.query(User).filter(User.username == username).one_or_none()
             try:
-                check_password(db, user, password)
+                check_password(db, user, password, service.clock)
             except AuthError as exc:
                 service.append(db, username or "-", "login_failed", reason=exc.audited())
                 return None, str(exc)
             old = db.get(LoginSession, g.sess.token_sha256)
             if old is not None:
                 db.delete(old)
-            db.execute(delete(LoginSession).where(LoginSession.expires_at < utcnow()))   # forget expired sessions
-            token, _row = new_session(db, user.id)
+            _, now = service.clock.in_statement(db)
+            db.execute(delete(LoginSession).where(LoginSession.expires_at < now))   # forget expired sessions
+            token, _row = new_session(db, user.id, service.clock)
             service.append(db, user.username, "login")
             return token, ""
 

@@ -4,15 +4,17 @@ Before this revision every analyst saw and edited every product. So that an upgr
 away, each analyst account of the database is assigned every product the database holds
 (``assigned_by`` ``ASSIGNED_BY``); ``tilpheno.review.db.upgrade`` audits them in its
 ``schema_upgrade`` entry. A product of the run never opened before the upgrade is not in the
-database, so it is not assigned: an admin assigns it (``tilpheno users assign``).
+database, so it is not assigned: an admin assigns it (``tilpheno users assign``). The assignments'
+``assigned_at`` is the record's clock that ``db.upgrade`` is given (PostgreSQL's by default).
 
 Revision ID: 0002
 Revises: 0001
 """
-from datetime import datetime, timezone
-
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.orm import Session
+
+from tilpheno.review.audit import DATABASE_CLOCK
 
 ASSIGNED_BY = "upgrade 0001 -> 0002"
 
@@ -36,7 +38,10 @@ def upgrade() -> None:
                      sa.column("assigned_by", sa.String), sa.column("assigned_at", sa.String))
     pairs = op.get_bind().execute(sa.text("SELECT u.username, p.product_id FROM users u, products p "
                                           "WHERE u.role = 'analyst' ORDER BY u.username, p.product_id")).all()
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    config = op.get_context().config   # db.upgrade's: the record's clock in its attributes
+    clock = config.attributes["clock"] if config is not None and "clock" in config.attributes else DATABASE_CLOCK
+    with Session(bind=op.get_bind()) as db:
+        now = clock.stamp(db)
     if pairs:
         op.bulk_insert(table, [{"product_id": product_id, "username": username, "assigned_by": ASSIGNED_BY,
                                 "assigned_at": now} for username, product_id in pairs])
