@@ -513,6 +513,82 @@ def test_a_figure_is_laid_out_for_its_export_and_not_again_for_the_page(monkeypa
     assert page["svg"].startswith('<svg class="plot"') and export.svgs[0][0] == "km_pfs_all"
 
 
+def _km_test_figure():
+    from tilpheno.biomarkers.analysis import Settings
+    from tilpheno.biomarkers.report import km_figure
+
+    t = np.array([2.0, 5.0, 7.0, 11.0, 13.0, 20.0, 3.0, 8.0, 15.0])
+    e = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0])
+    return km_figure([("low", t[:5], e[:5]), ("high", t[5:], e[5:])], "PFS by CD8", "progression-free", Settings(),
+                     "log-rank p = 0.5")
+
+
+def _label_figure():
+    """A figure without a layout engine whose y label reaches past its left edge (a tight box beyond the figure)."""
+    import matplotlib.pyplot as plt
+
+    from tilpheno.biomarkers.report import matplotlib_rc
+
+    with matplotlib_rc():
+        fig, ax = plt.subplots(figsize=(4.6, 3.4))
+        ax.plot([0.0, 1e9, 3e9], [0.2, -0.1, 0.4])
+        ax.set_ylabel("log hazard ratio vs median")
+        ax.set_title("OS: til_dose_cells\noverall p = 0.3")
+    return fig
+
+
+def _texts(svg: str) -> list[tuple[str, float, float]]:
+    """Each <text>'s string and position (x, y in points) from its document's viewBox origin."""
+    from lxml import etree
+
+    root = etree.fromstring(svg.encode("utf-8") if isinstance(svg, str) else svg)
+    x0, y0 = (float(v) for v in root.get("viewBox").split()[:2])
+    found = []
+    for t in root.iter("{http://www.w3.org/2000/svg}text"):
+        if t.get("x") is not None:
+            x, y = float(t.get("x")), float(t.get("y"))
+        else:
+            x, y = (float(v) for v in re.search(r"translate\(([-\d.e]+) ([-\d.e]+)\)", t.get("transform")).groups())
+        found.append((t.text, x - x0, y - y0))
+    return found
+
+
+@pytest.mark.parametrize("make", [_km_test_figure, _label_figure])
+def test_a_figure_is_drawn_once_for_its_file_and_its_page(monkeypatch, make):
+    """report._svg draws a figure once (with the SVG writer; the layout engine runs in that drawing) and cuts both
+    outputs from it: the exported file is what savefig(bbox_inches="tight") writes (its size, and every text at
+    the same place from the top left of what is shown, to matplotlib's 1e-6 pt printing), and the page shows the
+    same texts. It drew three times (a dry drawing for the layout and tight box, the file, the page: about a
+    third of the biomarker report's CPU each)."""
+    import io
+
+    import matplotlib.figure
+    from lxml import etree
+
+    from tilpheno.biomarkers.report import FigureExport, _svg, matplotlib_rc
+
+    reference = make()
+    with matplotlib_rc():
+        buf = io.BytesIO()
+        reference.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    tight = buf.getvalue()
+    fig = make()
+    draws = []
+    draw = matplotlib.figure.Figure.draw
+    monkeypatch.setattr(matplotlib.figure.Figure, "draw", lambda self, renderer: draws.append(1) or draw(self, renderer))
+    export = FigureExport()
+    page = _svg(fig, "figure", export, "figure")
+    assert len(draws) == 1
+    exported = export.svgs[0][1]
+    size = lambda svg: [etree.fromstring(svg).get(k) for k in ("width", "height")]  # noqa: E731
+    assert size(exported) == size(tight)
+    want, got = _texts(tight), _texts(exported)
+    assert [t[0] for t in got] == [t[0] for t in want] and len(want) > 5
+    assert max(abs(a - b) for g, w in zip(got, want) for a, b in zip(g[1:], w[1:])) <= 2e-6
+    on_page = re.findall(r"<text[^>]*>([^<]*)</text>", page["svg"])
+    assert on_page == [t[0] for t in want]
+
+
 def test_a_variance_that_is_not_estimable_is_a_recorded_warning_not_a_numpy_one(monkeypatch):
     """Newton can stop where the information matrix is not positive definite, so that some variances
     come out negative. numpy's 'invalid value in sqrt' went to the terminal and nothing to the table;

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from typing import Any
 from pathlib import Path
 
@@ -57,26 +58,74 @@ class FigureExport:
         return self._pdf_buffer.getvalue()
 
 
+def _short(value: float) -> str:
+    """A length as matplotlib's SVG writer prints it (``%f`` without trailing zeros)."""
+    return f"{value:f}".rstrip("0").rstrip(".")
+
+
+def _drawn_svg(fig) -> tuple[str, Any]:
+    """``fig`` drawn once as an SVG document, the bytes ``savefig(format="svg", metadata={"Date": None})`` writes
+    (matplotlib's print_svg: an SVG canvas, 72 dpi, SVG user units = points, the layout engine run at the start
+    of the drawing with the SVG writer's text metrics), and its tight box: the ``Bbox`` in inches that
+    ``savefig(bbox_inches="tight")`` crops to (``get_tightbbox`` padded by ``savefig.pad_inches``), measured with
+    the drawing's own renderer (its text metrics cached) instead of a second, dry drawing."""
+    import matplotlib
+    from matplotlib.backends.backend_mixed import MixedModeRenderer
+    from matplotlib.backends.backend_svg import FigureCanvasSVG, RendererSVG
+
+    buf = io.StringIO()
+    canvas, dpi = fig.canvas, fig.dpi
+    FigureCanvasSVG(fig)   # the figure's canvas while it is drawn: the layout engine measures text with it
+    fig.dpi = 72
+    try:
+        width, height = fig.get_size_inches()
+        renderer = MixedModeRenderer(fig, width, height, dpi,
+                                     RendererSVG(width * 72, height * 72, buf, image_dpi=dpi, metadata={"Date": None}))
+        fig.draw(renderer)
+        renderer.finalize()
+        box = fig.get_tightbbox(renderer).padded(matplotlib.rcParams["savefig.pad_inches"])
+    finally:
+        fig.dpi = dpi
+        fig.set_canvas(canvas)
+    return buf.getvalue(), box
+
+
+_SVG_ROOT_SIZE = re.compile(r'(<svg[^>]*?) width="[^"]*" height="[^"]*" viewBox="[^"]*"')
+_FIGURE_PATCH = re.compile(r'(<g id="patch_1">\s*<path d=")[^"]*"')
+
+
+def _cropped(document: str, box, height_in: float) -> str:
+    """The SVG document of a whole figure (``_drawn_svg``) showing only ``box`` (inches from the figure's bottom
+    left), as ``savefig(bbox_inches="tight")`` writes it: the document's size is the box's, in points, its
+    viewBox the box in the drawing's user units (points from the figure's top left), and the figure's
+    background (its first patch) fills the box, as matplotlib's tight drawing moves it (the box reaches past the
+    figure by the padding). The paths and texts are the whole figure's, at its own coordinates."""
+    x0, y0 = _short(72 * box.x0), _short(72 * (height_in - box.y1))
+    x1, y1 = _short(72 * box.x1), _short(72 * (height_in - box.y0))
+    w, h = _short(72 * box.width), _short(72 * box.height)
+    document = _SVG_ROOT_SIZE.sub(lambda m: f'{m.group(1)} width="{w}pt" height="{h}pt" viewBox="{x0} {y0} {w} {h}"',
+                                  document, count=1)
+    return _FIGURE_PATCH.sub(lambda m: f'{m.group(1)}M {x0} {y1} \nL {x1} {y1} \nL {x1} {y0} \nL {x0} {y0} \nz\n"',
+                             document, count=1)
+
+
 def _svg(fig, alt: str, export: FigureExport | None = None, name: str | None = None) -> dict:
     """The figure for the page: ``{"svg": inline <svg> markup, "width": natural width in CSS px}``
     (``report.plots`` conventions: text kept as text, ids prefixed, no <style>); added to ``export``
-    as a standalone SVG file (and a PDF page) when given. The figure is closed."""
+    as a standalone SVG file (and a PDF page) when given. The figure is drawn once for both: the page
+    shows the whole figure, the file the same drawing cropped to its tight box (``_cropped``). The
+    figure is closed."""
     import matplotlib.pyplot as plt
 
-    from tilpheno.report.plots import _svg as inline_svg
+    from tilpheno.report.plots import inline_svg
 
+    with matplotlib_rc():
+        document, box = _drawn_svg(fig)
     if export is not None and name:
-        buf = io.BytesIO()
-        with matplotlib_rc():
-            fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
-        export.add(name, buf.getvalue(), fig)
-        # laid out by the export's drawing: the page's copy is drawn where the exported one is,
-        # without running the figure's layout engine (constrained layout) once more
-        fig.set_layout_engine("none")
+        export.add(name, _cropped(document, box, fig.get_figheight()).encode("utf-8"), fig)
     width_px = fig.get_figwidth() * 96
-    markup = inline_svg(fig, alt)
     plt.close(fig)
-    return {"svg": markup, "width": round(width_px)}
+    return {"svg": inline_svg(document, alt), "width": round(width_px)}
 
 
 def matplotlib_rc():

@@ -11,8 +11,8 @@ Output: one inline-ready ``<svg>`` element (no XML prolog, no ``<style>``, no me
 prefixed so several plots can share a page). Axes, ticks, gates and labels are vector; text
 stays text (DejaVu Sans, XML-escaped, never parsed as mathtext); a density plot's cells are one
 embedded PNG (``data:`` URI, ``image-rendering: pixelated``), so size does not grow with the
-event count and print stays sharp. ``_svg`` turns a matplotlib figure (the biomarker figures;
-the acquisition QC plot is drawn as SVG directly, ``report.qc_plots``) into the same kind of element.
+event count and print stays sharp. ``inline_svg`` turns a matplotlib SVG document (the biomarker
+figures; the acquisition QC plot is drawn as SVG directly, ``report.qc_plots``) into the same kind of element.
 
 Conventions:
 - Coordinates are the transformed values the gates were placed on (scatter linear in instrument
@@ -41,16 +41,13 @@ import math
 import re
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from tilpheno.gates.quadrants import quadrant_percentages
 from tilpheno.report import svg
 from tilpheno.report.svg import ASCENT, DESCENT, Box, Canvas, Frame, num, nums, text_height, text_width
-
-if TYPE_CHECKING:
-    from matplotlib.typing import RcKeyType
 
 _PALETTE = (
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
@@ -64,8 +61,6 @@ FMO_AXES_RECT = (0.2, 0.15, 0.75, 0.6)  # room for the legend band above the axe
 FONT = 7.5                       # tick and label text, points
 TITLE_FONT = 8.5
 DEFAULT_TOP = 262144.0           # top of scale when neither the FCS file nor the transform gives one
-_RC: dict[RcKeyType, Any] = {"svg.fonttype": "none", "svg.image_inline": True, "svg.hashsalt": "tilpheno",
-       "font.family": ["DejaVu Sans"], "axes.unicode_minus": True}
 _PAD_PX = 2.0                    # labels keep this far from the axes edge (points at 72 dpi)
 
 
@@ -159,17 +154,13 @@ def _compact(match) -> str:
     return f' {match.group(1)}="{" ".join(value.split())}"'
 
 
-def _svg(fig, alt: str) -> str:
-    """A matplotlib figure as one inline ``<svg>`` element like the plots' (see the module docstring)."""
-    import io
-
+def inline_svg(document: str, alt: str) -> str:
+    """A matplotlib SVG document (``savefig(format="svg")``'s text, drawn with ``svg.fonttype`` "none") as one
+    inline ``<svg>`` element like the plots' (see the module docstring): no prolog, metadata or <style>, the
+    natural size left to the viewBox, coordinates to 0.01 pt, ids prefixed by a hash of the element."""
     from markupsafe import escape
-    from matplotlib import rc_context
 
-    buf = io.StringIO()
-    with rc_context(_RC):
-        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
-    text = _DROP.sub("", _SVG_START.sub("", buf.getvalue(), count=1))
+    text = _DROP.sub("", _SVG_START.sub("", document, count=1))
     text = _SIZE.sub("", text, count=2)
     text = _GEOMETRY.sub(_compact, _GROUP_ID.sub("<g>", text))
     text = re.sub(r">\s+<", ">\n<", text)
