@@ -700,3 +700,49 @@ def test_a_lognormal_fit_cut_above_the_cells_outside_the_reference_moves_down_to
             f"binding fit's cut) to the peak {float(d['outside_peak']):.3f}" in own), own
     message = flags["CD56+", "fallback_gate"].message
     assert f"{more:.1f} points of the parent more called positive" in message, message
+
+
+def test_skew_cut_error_keeps_the_shift_chosen_on_all_events():
+    """``placement.skew_cut_error`` on a gate whose carry takes the ``skew_reference``'s shift (stop 55,
+    ``placement.reference_shift_carried``) keeps that choice on every resample (``on_reference``, as
+    ``reference_cut_error`` keeps ``skewed``): a resample's own choice added the jump between the two shifts' cuts to
+    the noise (V174315's CD8+PD1+ without the PD1 FMO: 7 of 16 resamples took the other, flagged within tolerance).
+    Synthetic events, linear units, the PD1 logicle: a PD1-rich parent (35 % dim positives pull its own shift up) and
+    a reference whose right skew (log-normal binding, log-SD 1.8) is near the parent's lower-side spread, so the
+    choice is close; the two shifts' cuts lie apart by more than the interval. The truth of the reading's noise: 1.96
+    x the SD of ``placement.skew_carried_cut`` with the gate's choice over 20 independent triples of the same sizes.
+    The gate's ``skew_error`` (``checks.place_and_check``) is within 0.6-1.4 x it, median of seeds 55-57 (20 SDs
+    estimate it within about 16 %; with each resample choosing, 1.5-1.9 x)."""
+    from tilpheno.gates import placement as pl
+    from tilpheno.gates.checks import place_and_check
+
+    transform = load_strategy(default_strategy_paths()[0]).transform_for("PD1")
+
+    def triple(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n, k = 20000, 13000
+        control = transform.apply(rng.normal(60.0, 35.0, n))
+        negs = rng.normal(60.0, 35.0, k) + rng.normal(0.0, 130.0, k) + 40.0 * np.exp(0.4 * rng.standard_normal(k))
+        parent = transform.apply(np.concatenate([negs, 700.0 * np.exp(0.6 * rng.standard_normal(n - k))]))
+        reference = transform.apply(rng.normal(60.0, 35.0, 5000) + rng.normal(0.0, 30.0, 5000)
+                                    + 40.0 * np.exp(1.8 * rng.standard_normal(5000)))
+        return control, parent, reference
+
+    ratios = []
+    for seed in (55, 56, 57):
+        rng = np.random.default_rng(seed)
+        control, parent, reference = triple(rng)
+        d = place_and_check("CD8+PD1+", "PD1", control, parent, percentile=99.5, source_file="u.fcs", rule="relative",
+                            transform=transform, control_name="unstained control", skew_stained=reference).diagnostics
+        on = "skew_shift" in d
+        binding, own = (pl.reference_binding(control, reference, transform),
+                        pl.reference_binding(control, parent, transform))
+        assert d["winner"] == "skew_carry" and binding is not None and own is not None, d
+        assert abs(binding.skew - own.spread) < 15.0, (binding, own)   # a close choice
+        cuts = [pl.skew_carried_cut(c, p, pl.reference_binding(c, r, transform), transform, 99.5, on_reference=on)
+                for c, p, r in (triple(rng) for _ in range(20))]
+        truth = 1.96 * float(np.std(cuts, ddof=1))
+        jump = abs(pl.skew_carried_cut(control, parent, binding, transform, 99.5, on_reference=True)
+                   - pl.skew_carried_cut(control, parent, binding, transform, 99.5, on_reference=False))
+        assert jump > 1.5 * truth, (jump, truth)
+        ratios.append(d["skew_error"] / truth)
+    assert 0.6 < float(np.median(ratios)) < 1.4, ratios

@@ -119,11 +119,11 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     parent from them under heavy PD1 binding: stop 53's false alarms): ``candidate_points`` = the larger of the % of
     the parent between the cut and either end of its reading's 95 % interval (``skew_error``,
     ``placement.skew_cut_error``: the control's, the parent's and the ``skew_reference``'s stained events
-    resampled 16 times, the skew and the parent's binding re-read and carried, 1.96 x the robust SD of the cuts,
-    none below the rule's cut it was raised from) and the % between the cut and the parent's upper-side carry-over
-    where that lies above it (``skew_upper_points``: the parent's tail shows more than the raise gives; the raise
-    explains no carry-over above the cut); flagged as above when it exceeds ``uncertain_points`` and the cut moved
-    more than ``shift_points``; and, where the skew makes most of the signal the carry adds (skew above the parent's
+    resampled 16 times, the skew and the parent's binding re-read and carried on the shift chosen on all events,
+    1.96 x the robust SD of the cuts, none below the rule's cut it was raised from) and the % between the cut and
+    the parent's upper-side carry-over where that lies above it (``skew_upper_points``: the parent's tail shows more
+    than the raise gives; the raise explains no carry-over above the cut); flagged as above when it exceeds
+    ``uncertain_points`` and the cut moved more than ``shift_points``; and, where the skew makes most of the signal the carry adds (skew above the parent's
     lower-side spread), by the tail-shape check of that signal (:func:`skew_tail`: the parent's shift and the SD
     sqrt(lower-side spread^2 + skew^2) with a log-normal shape, ``relative_lognormal``, ``tail_points``) when it
     would lower the % by more than ``uncertain_points``: the normal shape under-reaches a heavy log-normal binding
@@ -584,8 +584,10 @@ def place_and_check(
                 assert skew_stained is not None
                 # a carry that replaced a higher cut (placement's skew_lowered_points) has no floor
                 floor = -math.inf if "skew_lowered_points" in d else float(d["skew_raised_from"])
+                # the resamples keep the shift chosen on all events (placement's skew_shift: the reference's)
                 err = pl.skew_cut_error(fmo, stained, skew_stained, anchor["transform"], percentile,
-                                        floor=floor, max_shift=anchor.get("max_shift", pl.MAX_SHIFT))
+                                        floor=floor, max_shift=anchor.get("max_shift", pl.MAX_SHIFT),
+                                        on_reference="skew_shift" in d)
                 d["skew_error"] = err
                 # the raise explains the parent's carry-overs below the cut, not its upper-side one above it
                 d["skew_upper_points"] = from_high if high > cut else 0.0

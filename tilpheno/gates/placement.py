@@ -1793,31 +1793,33 @@ def reference_shift_carried(parent: ReferenceBinding, binding: ReferenceBinding)
 
 
 def skew_carry_binding(control: np.ndarray, stained: np.ndarray, binding: ReferenceBinding, transform: Any, *,
-                       max_shift: float = MAX_SHIFT) -> ReferenceBinding | None:
+                       max_shift: float = MAX_SHIFT, on_reference: bool | None = None) -> ReferenceBinding | None:
     """The signal :func:`skew_carried_cut` adds to the unstained ``control``'s events: the ``stained`` parent's own
     binding read against the control (:func:`reference_binding`: shift and lower-side spread), its shift replaced by
     the reference population's where :func:`reference_shift_carried` says so, with the reference population's right
     skew (``binding.skew``, read on its stained events vs the same control) as its skew, linear units
     (:attr:`ReferenceBinding.total_spread` the carry's SD; ``mode_shift`` the parent's own shift, linear units, where
-    the reference's replaced it, else NaN); None when the parent's binding cannot be read."""
+    the reference's replaced it, else NaN); None when the parent's binding cannot be read. ``on_reference``: that
+    choice made already (on all events, kept on a bootstrap resample: :func:`skew_cut_error`), None to make it here."""
     parent = reference_binding(control, stained, transform, max_shift=max_shift)
     if parent is None:
         return None
-    if reference_shift_carried(parent, binding):
+    if reference_shift_carried(parent, binding) if on_reference is None else on_reference:
         return ReferenceBinding(binding.shift, parent.spread, binding.skew, mode_shift=parent.shift)
     return ReferenceBinding(parent.shift, parent.spread, binding.skew)
 
 
 def skew_carried_cut(control: np.ndarray, stained: np.ndarray, binding: ReferenceBinding, transform: Any,
-                     percentile: float, *, max_shift: float = MAX_SHIFT) -> float:
+                     percentile: float, *, max_shift: float = MAX_SHIFT, on_reference: bool | None = None) -> float:
     """The unstained ``control``'s ``percentile`` carried to the ``stained`` parent with the parent's own binding read
     against it (:func:`reference_binding`: shift and lower-side spread) and the reference population's right skew
     (``binding.skew``, read on its stained events vs the same control) added in quadrature to that spread
     (:func:`skew_carry_binding`, :func:`additive_threshold`; the reference's shift for the parent's where
-    :func:`reference_shift_carried`): the carry-over of :func:`place_fmo_anchored`'s ``skew_binding``. Transformed
-    units in and out; NaN when the parent's binding cannot be read."""
-    return carried_skew_cut(control, skew_carry_binding(control, stained, binding, transform, max_shift=max_shift),
-                            transform, percentile)
+    :func:`reference_shift_carried`, or as ``on_reference`` says: :func:`skew_carry_binding`): the carry-over of
+    :func:`place_fmo_anchored`'s ``skew_binding``. Transformed units in and out; NaN when the parent's binding cannot
+    be read."""
+    carry = skew_carry_binding(control, stained, binding, transform, max_shift=max_shift, on_reference=on_reference)
+    return carried_skew_cut(control, carry, transform, percentile)
 
 
 def carried_skew_cut(control: np.ndarray, carry: ReferenceBinding | None, transform: Any, percentile: float) -> float:
@@ -2065,7 +2067,8 @@ def _robust_half_width(cuts: list[float], confidence: float) -> float:
 
 def skew_cut_error(control: np.ndarray, stained: np.ndarray, reference_stained: np.ndarray, transform: Any,
                    percentile: float, *, floor: float = -np.inf, max_shift: float = MAX_SHIFT,
-                   resamples: int = REFERENCE_RESAMPLES, confidence: float = CONFIDENCE) -> float:
+                   resamples: int = REFERENCE_RESAMPLES, confidence: float = CONFIDENCE,
+                   on_reference: bool | None = None) -> float:
     """Sampling error of the skew carry-over (:func:`skew_carried_cut`, the cut of :func:`place_fmo_anchored`'s
     ``skew_binding`` anchored on the unstained ``control`` for want of the FMO), transformed units: the half-width of
     its ``confidence`` interval, NaN when it cannot be measured.
@@ -2076,9 +2079,13 @@ def skew_cut_error(control: np.ndarray, stained: np.ndarray, reference_stained: 
     read again against the resampled control (:func:`reference_binding`), the parent's own shift and lower-side
     spread again and the control's percentile carried over with both (:func:`skew_carried_cut`), the cut taken as
     the placement takes it, not below ``floor`` (the rule's cut it was raised from, ``skew_raised_from``: a
-    resample whose skew raises less leaves the gate there; -inf for a cut that replaced a higher one); the half-width is :func:`_robust_half_width` of those
-    cuts. The reading's noise only: a reference whose binding tail differs from
-    the parent's is not seen here. NaN with fewer than :data:`MIN_REFERENCE_EVENTS` events in the control or the
+    resample whose skew raises less leaves the gate there; -inf for a cut that replaced a higher one); the
+    half-width is :func:`_robust_half_width` of those cuts. ``on_reference``: whose shift the carry takes, as chosen
+    on all events (:func:`reference_shift_carried`; ``skew_shift`` in :func:`place_fmo_anchored`'s diagnostics),
+    kept on every resample as :func:`reference_cut_error` keeps ``skewed`` (a resample's own choice adds the jump
+    between the two shifts' cuts to the noise: on V174315's CD8+PD1+ 7 of 16 took the other, stop 55); None: each
+    resample chooses. The reading's noise only: a reference whose binding tail differs from the parent's is not seen
+    here. NaN with fewer than :data:`MIN_REFERENCE_EVENTS` events in the control or the
     reference, fewer than 20 in the parent, or fewer than 2 resamples read."""
     c, s, rs = _finite_float(control), _finite_float(stained), _finite_float(reference_stained)
     if min(c.size, rs.size) < MIN_REFERENCE_EVENTS or s.size < 20:
@@ -2086,7 +2093,8 @@ def skew_cut_error(control: np.ndarray, stained: np.ndarray, reference_stained: 
 
     def cut_of(cb: np.ndarray, sb: np.ndarray, rsb: np.ndarray) -> float | None:
         binding = reference_binding(cb, rsb, transform, max_shift=max_shift)
-        cut = skew_carried_cut(cb, sb, binding, transform, percentile, max_shift=max_shift) if binding is not None else float("nan")
+        cut = (skew_carried_cut(cb, sb, binding, transform, percentile, max_shift=max_shift, on_reference=on_reference)
+               if binding is not None else float("nan"))
         return max(cut, floor) if np.isfinite(cut) else None
 
     return _bootstrap_half_width((c, s, rs), cut_of, resamples, confidence)
