@@ -2335,14 +2335,14 @@ def place_fmo_anchored(
         on_reference = carry is not None and math.isfinite(carry.mode_shift)
         lowered = on_reference and winner == "fmo_relative" and bool(skew_cut < cut)
         diagnostics.update(skew_cut=skew_cut, skew_extra=skew_binding.skew,
-                           skew_points=100.0 * np.count_nonzero((x > cut) & (x <= skew_cut)) / x.size if raised else 0.0)
+                           skew_points=points_between(x, cut, skew_cut) if raised else 0.0)
         if on_reference:
             assert carry is not None
             diagnostics.update(skew_shift=carry.shift, skew_parent_shift=carry.mode_shift)
         if raised or lowered:
             diagnostics["skew_raised_from"] = float(cut)
             if lowered:
-                diagnostics["skew_lowered_points"] = 100.0 * np.count_nonzero((x > skew_cut) & (x <= cut)) / x.size
+                diagnostics["skew_lowered_points"] = points_between(x, skew_cut, cut)
             winner, cut = "skew_carry", skew_cut
     if outside_values is not None and rule != "percentile":
         winner, cut = _outside_moved(density, x, outside_values, bandwidth, min_prominence, percentile, winner,
