@@ -312,6 +312,11 @@ class SpoolFile:
     lost: Lost = Lost()
 
 
+def spool_token(path: Path) -> str:
+    """The random token in a spool file's name (``<database key>.<token>.jsonl``)."""
+    return path.name[:-len(SPOOL_SUFFIX)].split(".", 1)[1]
+
+
 def read_spool(path: Path, limit: int) -> tuple[Held, list[str]]:
     """The refusals the spool file ``path`` holds (one canonical-JSON line each: a held refusal's
     fields, or ``{"lost": at}`` for one counted lost) and one problem line per line that is not whole
@@ -337,8 +342,7 @@ def read_spool(path: Path, limit: int) -> tuple[Held, list[str]]:
                                                     str(row["refusal"]), float(row["at"]), str(row["error"])))
         except (ValueError, KeyError, TypeError) as exc:
             problems.append(f"{path}: line {number} not a held refusal ({exc}), not written")
-    token = path.name[:-len(SPOOL_SUFFIX)].split(".", 1)[1]
-    return Held(refusals_held, lost, limit, (token,)), problems
+    return Held(refusals_held, lost, limit, (spool_token(path),)), problems
 
 
 class DelayedRefusals:
@@ -424,8 +428,8 @@ class DelayedRefusals:
 
         mine = {f.token for f in self._pending} | ({self._current.token} if self._current else set())
         found = []
-        for path in sorted(self.directory.glob(f"{self.database}.*{SPOOL_SUFFIX}")):
-            token = path.name[:-len(SPOOL_SUFFIX)].split(".", 1)[1]
+        for path in self._spool_paths():
+            token = spool_token(path)
             if token in mine:
                 continue
             try:
@@ -440,11 +444,15 @@ class DelayedRefusals:
             found.append(SpoolFile(path, token, fd))
         return found
 
+    def _spool_paths(self) -> list[Path]:
+        """Every spool file of this database in :attr:`directory`, live servers' and killed ones', by name."""
+        return sorted(self.directory.glob(f"{self.database}.*{SPOOL_SUFFIX}"))
+
     def read_all(self) -> list[Held]:
         """What every spool file of this database holds now (live servers' too: read, not locked;
         a line still being written is left out, :func:`read_spool`), for a copy of the trail."""
         found = []
-        for path in sorted(self.directory.glob(f"{self.database}.*{SPOOL_SUFFIX}")):
+        for path in self._spool_paths():
             try:
                 held, problems = read_spool(path, self.limit)
             except FileNotFoundError:   # written and removed meanwhile
