@@ -1,5 +1,4 @@
 """Product phenotype: end to end on simulated FCS files, QC paths, determinism, doses."""
-import hashlib
 import os
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from phenotype_support import result_digest
 from tilpheno.gates.strategy import default_strategy_paths, load_strategy
 from tilpheno.io.fcs_write import write_fcs
 from tilpheno.phenotype import analyze_product
@@ -335,32 +335,21 @@ def test_two_fmo_files_of_one_marker_need_review_and_name_the_one_used(product, 
     assert not [f for f in single.qc if f.code == "duplicate_control"]
 
 
-def _digest(result) -> str:
-    h = hashlib.sha256()
-    for k in sorted(result.phenotype):
-        h.update(f"{k}={result.phenotype[k]!r};".encode())
-    for t in result.tubes:
-        h.update(t.populations.to_csv().encode() + t.thresholds.to_csv().encode())
-        for name in sorted(t.masks):
-            h.update(name.encode() + np.packbits(t.masks[name]).tobytes())
-    return h.hexdigest()
-
-
 def test_deterministic_bit_for_bit_across_runs_and_thread_counts(product, strategies, default_run, tmp_path):
     _, rows, _ = product
-    first = _digest(default_run)   # a run of its own, earlier in this process
-    assert _digest(run(rows, strategies)) == first
+    first = result_digest(default_run)   # a run of its own, earlier in this process
+    assert result_digest(run(rows, strategies)) == first
     rows.to_csv(tmp_path / "rows.csv", index=False)
     script = textwrap.dedent(
         f"""
         import sys, pandas as pd
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_phenotype import _digest
+        from phenotype_support import result_digest
         from tilpheno.gates.strategy import default_strategy_paths, load_strategy
         from tilpheno.phenotype import analyze_product
         rows = pd.read_csv({str(tmp_path / 'rows.csv')!r}, keep_default_na=False)
         s = [load_strategy(p) for p in default_strategy_paths()]
-        print(_digest(analyze_product("TIL900", rows, s)))
+        print(result_digest(analyze_product("TIL900", rows, s)))
         """
     )
     # a fresh process limited to one thread (this process runs with the default thread count)
