@@ -132,3 +132,28 @@ def test_the_preload_stops_the_sampling_profiler_unless_configured_to_keep_it():
     with dask.config.set({"tilpheno.worker-profile": True}):
         assert stop_profiler(kept) is False
     assert set(kept.periodic_callbacks) == {"profile", "profile-cycle", "heartbeat"}
+
+
+WARM_PROBE = """
+import json
+from tilpheno.daskworker import dask_setup
+dask_setup()
+from tilpheno.gates.placement import _threadpools
+from tilpheno.report.html import PRODUCT_TEMPLATES, environment
+env, compiled = environment(), []
+compile_now = env.compile
+env.compile = lambda *a, **k: compiled.append(a) or compile_now(*a, **k)
+for name in PRODUCT_TEMPLATES:
+    env.get_template(name)
+print(json.dumps({"compiled": len(compiled), "threads": sorted({p["num_threads"] for p in _threadpools().info()})}))
+"""
+
+
+def test_the_preload_does_the_first_products_one_time_work():
+    """Issue 18, Dask: a worker's first product compiled the report's templates (24 ms of CPU) and
+    inspected the thread pools (9 ms) in the timed run; the preload does it when the worker starts
+    (``product.warm_up``), and still limits BLAS/OpenMP to one thread."""
+    run = subprocess.run([sys.executable, "-c", WARM_PROBE], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.splitlines()[-1]) == {"compiled": 0, "threads": [1]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from tilpheno.pipeline.executors import _single_threaded_worker
 from tilpheno.pipeline.pool import WorkerPool, describe_exit
 
 
@@ -61,6 +62,33 @@ def test_workers_start_with_the_libraries_frozen_and_the_garbage_collector_on():
         ((_, (frozen, enabled)),) = list(pool.imap_unordered(["a"]))
     assert enabled
     assert frozen > 50_000, frozen
+
+
+def _one_time_work_found(job: str):
+    """The job and what its worker finds done before its first product: (templates the product
+    report's rendering compiles now, whether the BLAS/OpenMP thread pools were inspected before
+    this worker's first use of them, its initializer's)."""
+    from tilpheno.gates.placement import _threadpools
+    from tilpheno.report.html import PRODUCT_TEMPLATES, environment
+
+    env, compiled = environment(), []
+    compile_now = env.compile
+    env.compile = lambda *a, **k: compiled.append(a) or compile_now(*a, **k)   # this worker's compiles
+    for name in PRODUCT_TEMPLATES:
+        env.get_template(name)
+    return job, (len(compiled), _threadpools.cache_info().hits > 0)
+
+
+def test_workers_start_with_the_first_products_one_time_work_done():
+    """Issue 18, ``--jobs 2``: each worker's first product compiled the report's templates (Jinja2,
+    24 ms of CPU) and inspected the thread pools (threadpoolctl, 9 ms; and its initializer inspected
+    them once more), work every worker repeated. The fork server now does it once, after its imports
+    (``product.warm_up``): a worker compiles no template, and its initializer finds the pools
+    inspected."""
+    with WorkerPool(1, _one_time_work_found, _failed, _single_threaded_worker) as pool:
+        ((_, (compiled, inspected)),) = list(pool.imap_unordered(["a"]))
+    assert compiled == 0
+    assert inspected
 
 
 def test_pool_stops_its_workers():

@@ -1,9 +1,11 @@
 """Dask worker preload: ``dask worker tcp://HOST:8786 --nthreads 1 --preload tilpheno.daskworker``.
 
 Imports the pipeline's libraries (``tilpheno.pipeline.pool.PRELOAD``: numpy, pandas, scipy,
-matplotlib, Jinja2 and tilpheno's gating and report modules) when the worker starts, not while it
-runs its first product, limits BLAS/OpenMP to one thread per process (gating is single-threaded
-numpy; one worker process per core), undoes the fixed glibc heap thresholds that ``distributed``'s
+matplotlib, Jinja2 and tilpheno's gating and report modules) and does the first product's one-time
+work (the report's templates compiled, the thread pools inspected:
+``tilpheno.pipeline.product.warm_up``) when the worker starts, not while it runs its first product,
+limits BLAS/OpenMP to one thread per process (gating is single-threaded numpy; one worker process
+per core), undoes the fixed glibc heap thresholds that ``distributed``'s
 nanny sets (:func:`heap_thresholds`) and stops the worker's sampling profiler (:func:`stop_profiler`).
 Nothing else changes: workers still read the FCS files themselves, from the shared storage, and
 get one product at a time.
@@ -69,12 +71,11 @@ def stop_profiler(worker) -> bool:
 def dask_setup(worker=None) -> None:
     """``distributed``'s preload hook (also callable as ``client.run(dask_setup)``, which passes no
     worker: then the profiler is left as it is)."""
-    from threadpoolctl import threadpool_limits
-
+    from tilpheno.gates.placement import limit_to_one_thread
     from tilpheno.pipeline.pool import import_libraries
 
     heap_thresholds()
-    import_libraries()
-    threadpool_limits(1)
+    import_libraries(warm_up=True)
+    limit_to_one_thread()
     if worker is not None:
         stop_profiler(worker)

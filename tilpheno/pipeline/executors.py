@@ -62,10 +62,11 @@ def largest_first(jobs: Sequence[ProductJob]) -> list[ProductJob]:
 
 
 def _single_threaded_worker() -> None:
-    """Pool initializer: one BLAS/OpenMP thread per worker, so N workers use N cores, not N x cores."""
-    from threadpoolctl import threadpool_limits
+    """Pool initializer: one BLAS/OpenMP thread per worker, so N workers use N cores, not N x cores
+    (through the thread pools the fork server inspected: ``gates.placement.limit_to_one_thread``)."""
+    from tilpheno.gates.placement import limit_to_one_thread
 
-    threadpool_limits(1)
+    limit_to_one_thread()
 
 
 def _result_or_failure(future, job: ProductJob) -> ProductOutcome:

@@ -35,7 +35,7 @@ REPORT_MODULES = ("tilpheno.report.product", "tilpheno.report.plots", "tilpheno.
 later`` or ``none`` imports none of them: ``tilpheno.launch.command_libraries``)."""
 
 
-def import_libraries(names: Sequence[str] = PRELOAD) -> None:
+def import_libraries(names: Sequence[str] = PRELOAD, *, warm_up: bool = False) -> None:
     """Import ``names`` (default :data:`PRELOAD`) with Python's cyclic garbage collector paused, then
     freeze what they made (``gc.freeze``) and let the collector run again: the fork server's preload
     (``tilpheno.pipeline.preload``), a Dask worker's (``tilpheno.daskworker``) and the command's own
@@ -44,13 +44,19 @@ def import_libraries(names: Sequence[str] = PRELOAD) -> None:
     The imports make some 10^5 long-lived objects, and the automatic full collections in between
     walked all of them (two such collections, 0.14-0.20 s of the preload's 1.0-1.2 s of CPU on a
     loaded machine); frozen, no later collection in a worker walks them again. The pause and freeze
-    are CPython's own recipe for a process that forks workers (``gc.freeze``'s documentation)."""
+    are CPython's own recipe for a process that forks workers (``gc.freeze``'s documentation).
+
+    ``warm_up``: then, before the freeze, do the one-time work of a process's first product
+    (``tilpheno.pipeline.product.warm_up``; the fork server and a Dask worker, whose products
+    would each do it again)."""
     import gc
     import importlib
 
     with collector_paused():
         for name in names:
             importlib.import_module(name)
+        if warm_up:
+            importlib.import_module("tilpheno.pipeline.product").warm_up()
         gc.freeze()
 
 

@@ -360,6 +360,22 @@ MMAP_THRESHOLD = 32 * 2**20   # glibc's largest dynamic mmap threshold on 64-bit
 TRIM_THRESHOLD = 2 * MMAP_THRESHOLD   # glibc keeps the trim threshold at twice the mmap threshold
 
 
+def warm_up() -> None:
+    """Do now the one-time work of a process's first product that a process forked from this one
+    would otherwise repeat: in the ``--jobs N`` fork server after its imports (each worker forked
+    from it starts with the results) and in a Dask worker at start-up (before its first task).
+    Compiles the product report's templates (:func:`tilpheno.report.html.compile_templates`, 24 ms
+    of CPU) and inspects the BLAS/OpenMP thread pools (``gates.placement._threadpools``,
+    threadpoolctl, 9 ms). The same templates and pools as the first product would find: no result
+    changes. Fonts are not opened here: an open font reads its file through one descriptor, whose
+    offset forked processes would share."""
+    from tilpheno.gates.placement import _threadpools
+    from tilpheno.report.html import compile_templates
+
+    compile_templates()
+    _threadpools()
+
+
 def large_arrays_on_heap() -> bool:
     """Set glibc's heap thresholds where its dynamic rule ends: allocations up to 32 MiB from the
     heap (not ``mmap``), the heap top trimmed beyond 64 MiB free. Returns True when set (glibc only).
