@@ -238,3 +238,24 @@ def test_a_stained_files_text_is_read_once_before_its_events(small_cohort, monke
     assert {f: reads[f] for f in stained} == {f: 5 for f in stained}   # the check read them itself
     assert json.dumps(again.phenotype, default=str) == json.dumps(outcome.phenotype, default=str)
     assert again.qc == outcome.qc and again.files == outcome.files
+
+
+def test_the_background_imports_compile_the_index_templates():
+    """Issue 18, ``--jobs 2`` and Dask: the dispatching process compiled the index page's templates
+    (Jinja2, 13-18 ms of CPU) after the last product, in the run's serial tail; the thread that
+    imports the tail's modules while the products run (``outputs.import_in_background``) compiles
+    them too: rendering the index afterwards compiles none."""
+    from tilpheno.pipeline.outputs import import_in_background
+    from tilpheno.report.html import INDEX_TEMPLATES, environment
+
+    environment.cache_clear()   # a fresh environment: nothing compiled before the thread runs
+    import_in_background().join()
+    env, compiled = environment(), []
+    compile_now = env.compile
+    env.compile = lambda *a, **k: compiled.append(a) or compile_now(*a, **k)
+    try:
+        for name in INDEX_TEMPLATES:
+            env.get_template(name)
+    finally:
+        del env.compile
+    assert compiled == []

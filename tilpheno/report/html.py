@@ -137,6 +137,8 @@ def environment():
 
 PRODUCT_TEMPLATES = ("product.html.j2", "_style.css.j2")
 """The templates of a product's report (the page and the style sheet it includes)."""
+INDEX_TEMPLATES = ("index.html.j2", "_style.css.j2")
+"""The templates of a run's index pages (:func:`render_index_pages`)."""
 
 
 def compile_templates(names: Sequence[str] = PRODUCT_TEMPLATES) -> None:
