@@ -350,3 +350,23 @@ def test_process_with_jobs_starts_the_fork_server_before_typer_reads_the_command
         except SystemExit:
             pass
         assert events == expected, argv
+
+
+def test_a_failing_warm_up_is_logged_and_leaves_the_preload_going(monkeypatch, caplog):
+    """A warm-up that fails (e.g. a template that does not compile) must not stop the fork server's
+    preload or a Dask worker's start-up (every product of the run would fail as a dead worker); it
+    is logged, and each product meets the failure where it renders."""
+    import gc
+
+    from tilpheno.pipeline import pool, product
+
+    def broken() -> None:
+        raise RuntimeError("no templates")
+
+    monkeypatch.setattr(product, "warm_up", broken)
+    try:
+        pool.import_libraries(["json"], warm_up=True)
+    finally:
+        gc.unfreeze()   # this test process's objects, frozen by the call, collectable again
+    assert "warm-up before the first product failed" in caplog.text
+    assert "no templates" in caplog.text

@@ -10,6 +10,7 @@ as a whole when one worker dies, and on Python 3.11 its shutdown can then hang.)
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from contextlib import contextmanager
@@ -48,7 +49,9 @@ def import_libraries(names: Sequence[str] = PRELOAD, *, warm_up: bool = False) -
 
     ``warm_up``: then, before the freeze, do the one-time work of a process's first product
     (``tilpheno.pipeline.product.warm_up``; the fork server and a Dask worker, whose products
-    would each do it again)."""
+    would each do it again). A warm-up that fails is logged and left to the products: each meets
+    the same failure where it renders, as a failed product naming it, not a fork server or
+    worker that cannot start."""
     import gc
     import importlib
 
@@ -56,7 +59,11 @@ def import_libraries(names: Sequence[str] = PRELOAD, *, warm_up: bool = False) -
         for name in names:
             importlib.import_module(name)
         if warm_up:
-            importlib.import_module("tilpheno.pipeline.product").warm_up()
+            try:
+                importlib.import_module("tilpheno.pipeline.product").warm_up()
+            except Exception:
+                logging.getLogger(__name__).warning("warm-up before the first product failed; each product "
+                                                    "does its own", exc_info=True)
         gc.freeze()
 
 
