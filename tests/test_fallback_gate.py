@@ -358,6 +358,59 @@ def test_the_skew_carry_takes_the_references_shift_where_a_pd1_rich_parents_dim_
                 assert lowered < 0.5, (seed, error(cut), error(before))
 
 
+def test_a_lowered_cut_is_judged_by_the_carry_with_the_spread_read_around_the_references_shift():
+    """Stop 56 (pd1lo_56, issue 13): a skew carry lowered on the ``skew_reference``'s shift keeps the parent's lower-side
+    spread read around its own negative mode, which a PD1-rich parent's dim positives pull up: the events below it
+    take in the negatives' upper side, the spread reads too wide and the cut stays too high (V174329's CD8+PD1+ 4.25
+    points of CD8 under the ideal-FMO reference, flagged only by the parent's upper-side carry-over, read on the same
+    pulled-up mode, which also flagged lowered cuts within tolerance). The synthetic of the test above (seeds 58-60,
+    35 % dim positives): the negatives' added spread is known (the other stains' SD 130 and the binding's SD, in
+    quadrature, linear units); ``placement.lower_spread_at`` around the reference's shift reads it within 10 % where
+    the parent's own reading is more than 25 % too wide; the carry with it (``skew_spread_cut``,
+    ``placement.spread_at_reference_cut``) lies within 1.5 points of the parent (issue 13's PD1 tolerance) of the
+    negatives' own 99.5th percentile while the lowered cut lies more than 1.5 under it. The lowered cut is judged by
+    the % between the two (``skew_under_points``, counted here), not by the upper-side carry-over
+    (``skew_upper_points`` 0), and flagged ``uncertain_threshold`` naming that reading."""
+    from tilpheno.gates.checks import place_and_check
+    from tilpheno.gates.placement import lower_spread_at, reference_binding
+
+    transform = load_strategy(default_strategy_paths()[0]).transform_for("PD1")
+    kw = dict(percentile=99.5, source_file="u.fcs", rule="relative", transform=transform,
+              control_name="unstained control")
+    for seed in (58, 59, 60):
+        rng = np.random.default_rng(seed)
+        n = 20000
+        control = transform.apply(rng.normal(60.0, 35.0, n))
+        k = int(0.65 * n)
+        binding_signal = 40.0 * np.exp(0.4 * rng.standard_normal(k))
+        negs = rng.normal(60.0, 35.0, k) + rng.normal(0.0, 130.0, k) + binding_signal
+        parent = transform.apply(np.concatenate([negs, 700.0 * np.exp(0.6 * rng.standard_normal(n - k))]))
+        reference = transform.apply(rng.normal(60.0, 35.0, n) + rng.normal(0.0, 30.0, n)
+                                    + 40.0 * np.exp(0.4 * rng.standard_normal(n)))
+        binding, own = reference_binding(control, reference, transform), reference_binding(control, parent, transform)
+        assert binding is not None and own is not None
+        added = float(np.hypot(130.0, np.std(binding_signal)))
+        at_reference = lower_spread_at(control, parent, transform, binding.shift)
+        assert abs(at_reference - added) < 0.10 * added, (seed, at_reference, added)
+        assert own.spread > 1.25 * added, (seed, own.spread, added)   # the reading the lowered cut keeps
+        placed = place_and_check("CD8+PD1+", "PD1", control, parent, skew_stained=reference, **kw)
+        d = placed.diagnostics
+        assert d["winner"] == "skew_carry" and "skew_lowered_points" in d, d
+        truth = float(transform.apply(np.array([np.percentile(negs, 99.5)]))[0])
+
+        def error(c: float) -> float:
+            return 100.0 * (np.count_nonzero(parent > c) - np.count_nonzero(parent > truth)) / n
+
+        cut, below = float(d["threshold"]), float(d["skew_spread_cut"])
+        assert error(cut) < -1.5 and abs(error(below)) <= 1.5, (seed, error(cut), error(below))
+        between = 100.0 * np.count_nonzero((parent > below) & (parent <= cut)) / n
+        assert d["skew_under_points"] == pytest.approx(between, abs=1e-9) and d["skew_upper_points"] == 0.0, d
+        assert d["candidate_points"] >= between > 3, (seed, between, d["candidate_points"])
+        [flag] = [f for f in placed.flags if f.code == "uncertain_threshold"]
+        assert (f"to the same carry with the parent's lower-side spread read around the reference's shift {below:.3f}"
+                in flag.message), flag.message
+
+
 def test_a_fallback_cut_inside_the_bulk_of_the_cells_outside_the_reference_moves_to_the_valley_above_them(tmp_path):
     """Issue 13, stop 54 (cd56fb_54): without its CD56 FMO, CD56+ anchors on the unstained control, which lacks CD8's
     tandem spillover into CD56; the stained valley between the control-like CD8- cells and the CD8+ T cells won and

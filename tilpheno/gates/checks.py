@@ -122,7 +122,13 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     resampled 16 times, the skew and the parent's binding re-read and carried on the shift chosen on all events,
     1.96 x the robust SD of the cuts, none below the rule's cut it was raised from) and the % between the cut and
     the parent's upper-side carry-over where that lies above it (``skew_upper_points``: the parent's tail shows more
-    than the raise gives; the raise explains no carry-over above the cut); flagged as above when it exceeds
+    than the raise gives; the raise explains no carry-over above the cut; not above a cut lowered on the reference's
+    shift, ``skew_lowered_points``: that carry-over is read on the parent's own negative mode, which its dim positives
+    pull up, the reading the lowered cut replaces, stop 56) and, for such a lowered cut, the % between it and the same
+    carry with the parent's lower-side spread read around the reference's shift where that lies below it
+    (``skew_under_points``, ``skew_spread_cut``, ``placement.spread_at_reference_cut``: the lowered cut keeps the
+    spread read around the parent's pulled-up mode, too wide, and may still lie above the truth); flagged as above
+    when it exceeds
     ``uncertain_points`` and the cut moved more than ``shift_points``; and, where the skew makes most of the signal the carry adds (skew above the parent's
     lower-side spread), by the tail-shape check of that signal (:func:`skew_tail`: the parent's shift and the SD
     sqrt(lower-side spread^2 + skew^2) with a log-normal shape, ``relative_lognormal``, ``tail_points``) when it
@@ -292,7 +298,10 @@ def _skew_message(name: str, marker: str, cut: float, d: Mapping[str, Any], high
     parts = []
     if d["candidate_points"] > limit:
         upper = d["skew_upper_points"] >= d["candidate_points"]
+        under = d.get("skew_under_points", 0.0) >= d["candidate_points"]
         where = (f"to the parent's own upper-side carry-over {high:.3f}, which the raise does not explain" if upper else
+                 f"to the same carry with the parent's lower-side spread read around the reference's shift "
+                 f"{d['skew_spread_cut']:.3f}, which its dim positives do not widen" if under else
                  f"within the {100 * pl.CONFIDENCE:g} % interval of that reading (+/- {d['skew_error']:.3f})")
         parts.append(f"moved {_points(d['correction_points'], shift_points, held)} of the parent from the {control_name} "
                      f"percentile (limit {shift_points:g}) and could move the % by "
@@ -589,11 +598,19 @@ def place_and_check(
                                         floor=floor, max_shift=anchor.get("max_shift", pl.MAX_SHIFT),
                                         on_reference="skew_shift" in d)
                 d["skew_error"] = err
-                # the raise explains the parent's carry-overs below the cut, not its upper-side one above it
-                d["skew_upper_points"] = from_high if high > cut else 0.0
+                # the raise explains the parent's carry-overs below the cut, not its upper-side one above it; a cut
+                # lowered on the reference's shift replaced that carry-over, read on the parent's pulled-up mode: it
+                # is judged by the same carry with the spread read around the reference's shift, which lies below it
+                lowered = "skew_lowered_points" in d
+                d["skew_upper_points"] = from_high if high > cut and not lowered else 0.0
+                spread_cut = (pl.spread_at_reference_cut(fmo, stained, anchor["skew_binding"], anchor["transform"],
+                                                         percentile) if lowered else math.nan)
+                d["skew_spread_cut"] = spread_cut
+                d["skew_under_points"] = _points_between(stained, cut, spread_cut) if spread_cut < cut else 0.0
                 d["candidate_points"] = max((max(_points_between(stained, cut, cut - err),
                                                  _points_between(stained, cut, cut + err))
-                                             if math.isfinite(err) else max(from_low, from_high)), d["skew_upper_points"])
+                                             if math.isfinite(err) else max(from_low, from_high)),
+                                            d["skew_upper_points"], d["skew_under_points"])
             elif referenced:
                 # the cut is the reference carry-over: judged by its own sampling error (the parent's
                 # carry-overs disagree with it by what the parent's dim positives do to its mode and sides)

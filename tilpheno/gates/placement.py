@@ -1733,6 +1733,37 @@ class ReferenceBinding:
                     or not (1 / width_tolerance <= self.width_ratio <= width_tolerance))
 
 
+def _control_peak(f: np.ndarray, bandwidth: float) -> tuple[NegativePeak, Density, float]:
+    """The FMO's (or unstained control's) negative peak as :func:`reference_binding` reads it (finite ``f``,
+    transformed units): smoothed to at least half its own lower-half width; (the peak, that density, the bandwidth)."""
+    fmo_tails = _tails(f)   # one percentile pair for the FMO's densities at both bandwidths
+    fmo, fmo_coarse = fmo_negative_peak(f, bandwidth, fmo_tails)
+    mode_bw = max(bandwidth, 0.5 * fmo.width)
+    if mode_bw > bandwidth:
+        fmo, fmo_coarse = fmo_negative_peak(f, mode_bw, fmo_tails)   # the FMO's density at mode_bw, used below too
+    return fmo, fmo_coarse, mode_bw
+
+
+def lower_spread_at(fmo_values: np.ndarray, stained_values: np.ndarray, transform: Any, shift: float, *,
+                    bandwidth: float = 0.02) -> float:
+    """The stained tube's added spread on its negatives' lower side read around a given shift (linear units, as
+    :attr:`ReferenceBinding.spread`): the RMS distance below the FMO's mode + ``shift`` of the stained events and
+    below the FMO's mode of the FMO's, in quadrature (:func:`reference_binding` reads it around the stained tube's own
+    negative mode). Where a parent's dim positives pull that mode up, the events below it take in the negatives' upper
+    side and read the spread too wide; around the ``skew_reference``'s shift (the same binding on every cell) they
+    read the negatives' own (:func:`spread_at_reference_cut`). NaN with fewer than 10 events below either."""
+    f = np.asarray(fmo_values, dtype=np.float64)
+    s = np.asarray(stained_values, dtype=np.float64)
+    f, s = f[np.isfinite(f)], s[np.isfinite(s)]
+    if f.size < 20:
+        return float("nan")
+    fmo, _, _ = _control_peak(f, bandwidth)
+    fm = float(transform.inverse(np.array([fmo.mode]))[0])
+    fw = _lower_half_width(transform.inverse(f), fm, np.inf)
+    sw = _lower_half_width(transform.inverse(s), fm + shift, np.inf)
+    return float(np.sqrt(max(sw**2 - fw**2, 0.0))) if np.isfinite(fw) and np.isfinite(sw) else float("nan")
+
+
 def reference_binding(fmo_values: np.ndarray, stained_values: np.ndarray, transform: Any, *,
                       bandwidth: float = 0.02, max_shift: float = MAX_SHIFT, min_prominence: float = 0.01,
                       level: float = REFERENCE_LEVEL) -> ReferenceBinding | None:
@@ -1750,11 +1781,7 @@ def reference_binding(fmo_values: np.ndarray, stained_values: np.ndarray, transf
     f, s = f[np.isfinite(f)], s[np.isfinite(s)]
     if f.size < MIN_REFERENCE_EVENTS or s.size < MIN_REFERENCE_EVENTS:
         return None
-    fmo_tails = _tails(f)   # one percentile pair for the FMO's densities at both bandwidths
-    fmo, fmo_coarse = fmo_negative_peak(f, bandwidth, fmo_tails)
-    mode_bw = max(bandwidth, 0.5 * fmo.width)
-    if mode_bw > bandwidth:
-        fmo, fmo_coarse = fmo_negative_peak(f, mode_bw, fmo_tails)   # the FMO's density at mode_bw, used below too
+    fmo, fmo_coarse, mode_bw = _control_peak(f, bandwidth)
     coarse = smoothed_density(s, mode_bw, *_padded_range(s, mode_bw))
     neg = stained_negative_peak(s, fmo, coarse, max_shift=max_shift, min_prominence=min_prominence)
     if not neg.found:
@@ -1814,6 +1841,21 @@ def skew_carry_binding(control: np.ndarray, stained: np.ndarray, binding: Refere
     if reference_shift_carried(parent, binding) if on_reference is None else on_reference:
         return ReferenceBinding(binding.shift, parent.spread, binding.skew, mode_shift=parent.shift)
     return ReferenceBinding(parent.shift, parent.spread, binding.skew)
+
+
+def spread_at_reference_cut(control: np.ndarray, stained: np.ndarray, binding: ReferenceBinding, transform: Any,
+                            percentile: float) -> float:
+    """The skew carry on the ``skew_reference``'s shift (:func:`skew_carried_cut` with ``on_reference``) with the
+    parent's lower-side spread read around that shift (:func:`lower_spread_at`) instead of around its own negative
+    mode, transformed units; NaN where that spread cannot be read. A PD1-rich parent's dim positives pull its mode up
+    and the events below it take in the negatives' upper side, so the carry's own spread reads too wide and its cut
+    too high (V174329's CD8+PD1+ 4.25 points of CD8 under the ideal-FMO reference, stop 55); around the reference's
+    shift the spread misses the widening a T-cell parent's broader noise gives its own mode (on drawn products it
+    lowered cuts within tolerance by 0.5-2.6 points, stop 56): a bound for ``checks.place_and_check``, not the cut."""
+    spread = lower_spread_at(control, stained, transform, binding.shift)
+    if not np.isfinite(spread):
+        return float("nan")
+    return carried_skew_cut(control, ReferenceBinding(binding.shift, spread, binding.skew), transform, percentile)
 
 
 def skew_carried_cut(control: np.ndarray, stained: np.ndarray, binding: ReferenceBinding, transform: Any,
