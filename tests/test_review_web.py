@@ -211,25 +211,31 @@ def test_script_in_product_id_page_is_escaped(app):
     assert "<script>alert" not in r.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in r.text
 
 
-def test_exports_and_audit_csv(app, service):
-    """/audit.csv for a reviewer; the download is itself audited, after the copy (``audit_export``:
-    who, the file, the entries it holds, the SHA-256 of the bytes sent): the copy does not hold its
-    own entry. An analyst is refused (403), and the refusal is audited (``access_refused``: who, the
-    request, the product it named, why): a 403 used to leave no trace, while refused signatures and
-    logins did; the analyst's attempts to read the audit trail, export every product or open a
-    product not assigned to them, or a POST without a CSRF token, were nowhere in the trail."""
+def test_exports_and_audit_csv(fresh_service):
+    """/audit.csv for a reviewer holds the trail's entries, alice's gate save among them; the download is
+    itself audited, after the copy (``audit_export``: who, the file, the entries it holds, the SHA-256 of
+    the bytes sent): the copy does not hold its own entry. An analyst is refused (403), and the refusal is
+    audited (``access_refused``: who, the request, the product it named, why): a 403 used to leave no
+    trace, while refused signatures and logins did; the analyst's attempts to read the audit trail,
+    export every product or open a product not assigned to them, or a POST without a CSRF token, were
+    nowhere in the trail. A database of its own: the save it exports is its own (it read an earlier
+    test's save on the module's database, and failed run alone)."""
     import csv
     import hashlib
     import io
 
     from tilpheno.review.models import AuditEntry
 
-    close_refusal_windows(service)   # another test's open window would be shown after the entries
-    c, _, _ = login(app, "alice")
+    service = fresh_service
+    app = create_app(service)
+    c, h, _ = login(app, "alice")
+    _, body = cd3_body(c, 0.15)
+    assert c.post(f"/api/products/{PID}/versions", json=body, headers=h).status_code == 201
     r = c.get("/audit.csv")
     assert r.status_code == 200 and r.text.startswith("seq,at,username,action")
-    assert "save_gates" in r.text
     rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert [(e["username"], e["product_id"], json.loads(e["after_json"])["version"]) for e in rows
+            if e["action"] == "save_gates"] == [("alice", PID, 2)]
     with service.factory() as db:
         newest = db.scalar(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1))
     assert (newest.username, newest.action, newest.seq) == ("alice", "audit_export", int(rows[-1]["seq"]) + 1)
