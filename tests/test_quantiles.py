@@ -104,7 +104,8 @@ def test_order_statistics_read_the_sorted_arrays_bits(seed):
     """OrderStatistics, selecting each order statistic when asked (or sorting an array holding a NaN
     or a zero), reads the bits of ``np.sort``: ranks asked in a shuffled order, the middle of stretches
     (np.median of them), counts as ``np.searchsorted``, quantiles and percentiles as numpy's of the
-    sorted array (the kinds of ``_arrays``: ties, zeros of both signs, NaN, infinities)."""
+    sorted array (the kinds of ``_arrays``: ties, zeros of both signs, NaN, infinities): ranks asked
+    one at a time are selected, every rank asked at once sorts (``AT_MAX_SELECTIONS``)."""
     rng = np.random.default_rng(seed)
     checked = 0
     for x in _arrays(rng):
@@ -121,6 +122,12 @@ def test_order_statistics_read_the_sorted_arrays_bits(seed):
         for value in (ordered[n // 3], 0.0, 0.25):
             assert order.count_below(value) == np.searchsorted(ordered, value, side="left"), (n, value)
             assert order.count_at_or_below(value) == np.searchsorted(ordered, value, side="right"), (n, value)
+        # ranks asked one call at a time, each selected (a shuffled sample with neighbours of each other
+        # and the two ends, so stretches next to placed ranks are read too), then every rank in one call
+        sample = rng.choice(n, min(n, 40), replace=False)
+        asked = rng.permutation(np.unique(np.concatenate([sample, np.clip(sample + 1, 0, n - 1), [0, n - 1]])))
+        for k in asked:
+            assert order.at(k).tobytes() == ordered[k].tobytes(), (n, k)
         ranks = rng.permutation(n)
         assert order.at(ranks).tobytes() == ordered[ranks].tobytes(), n
         assert before.tobytes() == x.tobytes()      # the input is not changed
@@ -153,3 +160,18 @@ def test_order_statistics_select_between_sampled_bounds_or_in_stretches():
     assert qt.OrderStatistics.of(x[: qt.SORT_MAX_VALUES])._ordered
     with pytest.raises(ValueError, match="between ranks 3 and 3"):
         order.middle(3, 3)
+
+
+def test_order_statistics_sort_when_more_ranks_are_asked_at_once_than_selections_pay_for():
+    """Up to AT_MAX_SELECTIONS distinct ranks in one ``at`` call are selected (the working copy stays
+    unsorted), more sort it once; either way the values are np.sort's bits, and later reads too (seed 56)."""
+    x = np.random.default_rng(56).lognormal(0.0, 1.0, 50_000)
+    ordered = np.sort(x)
+    ranks = np.linspace(0, x.size - 1, qt.AT_MAX_SELECTIONS).astype(np.intp)
+    order = qt.OrderStatistics.of(x)
+    assert order.at(ranks).tobytes() == ordered[ranks].tobytes()
+    assert not order._ordered
+    more = np.linspace(0, x.size - 1, qt.AT_MAX_SELECTIONS + 1).astype(np.intp)
+    assert order.at(more).tobytes() == ordered[more].tobytes()
+    assert order._ordered and order._work.tobytes() == ordered.tobytes()
+    assert order.at(12_345) == ordered[12_345] and order.count_below(ordered[777]) == 777
