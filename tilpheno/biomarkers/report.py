@@ -8,10 +8,11 @@ escapes their text; ``report.plots._svg`` drops <style> and metadata and prefixe
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 import re
-from typing import Any
+from typing import Any, Literal
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +46,16 @@ class FigureExport:
         self._pdf_buffer = io.BytesIO()
         self._pdf = PdfPages(self._pdf_buffer, metadata={"CreationDate": None}) if pdf else None
 
-    def add(self, name: str, svg: bytes, fig) -> None:
+    def add(self, name: str, svg: bytes, fig, box) -> None:
+        """``svg``: the figure's exported file, drawn and cropped to ``box`` (its tight box, a ``Bbox`` in
+        inches: ``_drawn_svg``). The PDF page is the same drawing's layout cropped to the same box: the figure's
+        layout engine is turned off first (the SVG drawing ran it), so the page is drawn once, with no dry
+        drawing and no layout of its own."""
         self.svgs.append((name, svg))
         if self._pdf is not None:
+            fig.set_layout_engine(None)
             with matplotlib_rc():
-                self._pdf.savefig(fig, bbox_inches="tight")
+                self._pdf.savefig(fig, bbox_inches=box)
 
     def pdf_bytes(self) -> bytes | None:
         if self._pdf is None:
@@ -122,7 +128,7 @@ def _svg(fig, alt: str, export: FigureExport | None = None, name: str | None = N
     with matplotlib_rc():
         document, box = _drawn_svg(fig)
     if export is not None and name:
-        export.add(name, _cropped(document, box, fig.get_figheight()).encode("utf-8"), fig)
+        export.add(name, _cropped(document, box, fig.get_figheight()).encode("utf-8"), fig, box)
     width_px = fig.get_figwidth() * 96
     plt.close(fig)
     return {"svg": inline_svg(document, alt), "width": round(width_px)}
@@ -191,7 +197,7 @@ def km_figure(curves: list[tuple[str, np.ndarray, np.ndarray]], title: str, ylab
                            borderaxespad=0.2, handlelength=1.6, columnspacing=1.2)
         legend.set_gid("tp-legend")
         if p_text:
-            _place_p_text(fig, ax, fits, p_text)
+            _place_p_text(ax, fits, p_text)
         tab.set_ylim(0.4, len(fits) + 0.6)
         tab.set_yticks([len(fits) - i for i in range(len(fits))])
         tab.set_yticklabels([_plain(f.label) for f in fits], fontsize=RISK_FONT)
@@ -204,11 +210,14 @@ def km_figure(curves: list[tuple[str, np.ndarray, np.ndarray]], title: str, ylab
     return fig
 
 
-def _place_p_text(fig, ax, fits, text: str) -> None:
-    """The p-value text in the corner of the plot where it covers the least of the curves, their
-    bands and median lines (survminer puts it bottom left; a curve may run there)."""
-    fig.draw_without_rendering()  # the constrained layout fixes the axes' size first
-    renderer = fig.canvas.get_renderer()
+P_CORNERS: tuple[tuple[float, float, Literal["left", "right"], Literal["bottom", "top", "center"]], ...] = (
+    (0.02, 0.03, "left", "bottom"), (0.98, 0.97, "right", "top"), (0.98, 0.5, "right", "center"))
+"""Where the p text may go, in order of preference: (x, y) in axes fractions and its alignment."""
+
+
+def _curve_cloud(ax, fits) -> np.ndarray:
+    """Points along the curves, their bands and median lines, in axes fractions (x over the axis limits, y over
+    0-1.02): what the p text should cover least. Independent of the figure's layout."""
     x0, x1 = ax.get_xlim()
     grid = np.linspace(x0, x1, 200)
     points = []
@@ -225,26 +234,63 @@ def _place_p_text(fig, ax, fits, text: str) -> None:
             xs = np.linspace(x0, med, 50)
             points.append(np.c_[(xs - x0) / (x1 - x0), np.full(50, 0.5 / 1.02)])
     cloud = np.vstack(points)
-    cloud = cloud[np.isfinite(cloud).all(axis=1)]
-    label = ax.text(0, 0, text, transform=ax.transAxes, fontsize=8.5, gid="tp-pvalue",
-                    bbox={"facecolor": "white", "edgecolor": "#cccccc", "alpha": 0.9, "boxstyle": "round,pad=0.3"})
-    best = None
-    for x, y, ha, va in ((0.02, 0.03, "left", "bottom"), (0.98, 0.97, "right", "top"), (0.98, 0.5, "right", "center")):
-        label.set_position((x, y))
-        label.set_ha(ha)
-        label.set_va(va)
-        box = label.get_window_extent(renderer).transformed(ax.transAxes.inverted())
-        inside = int(((cloud[:, 0] >= box.x0) & (cloud[:, 0] <= box.x1) & (cloud[:, 1] >= box.y0)
-                      & (cloud[:, 1] <= box.y1)).sum())
-        if best is None or inside < best[0]:
-            best = (inside, x, y, ha, va)
-        if inside == 0:
-            break
-    assert best is not None   # the loop above runs at least once
-    _, x, y, ha, va = best
-    label.set_position((x, y))
-    label.set_ha(ha)
-    label.set_va(va)
+    return cloud[np.isfinite(cloud).all(axis=1)]
+
+
+@functools.cache
+def _p_text_class():
+    """The p text's artist class (matplotlib imported when a figure is drawn, not with this module)."""
+    from matplotlib.text import Text
+
+    class PValueText(Text):
+        """The p-value text, placed at its first drawing in the corner of ``P_CORNERS`` covering the fewest
+        points of ``cloud`` (axes fractions): the layout engine has sized the axes by then, in the drawing's
+        own text metrics, so no drawing of its own is needed. Later drawings (the PDF page) keep the corner."""
+
+        def __init__(self, ax, text: str, cloud: np.ndarray, **kwargs):
+            x, y, ha, va = P_CORNERS[0]
+            super().__init__(x, y, text, transform=ax.transAxes, clip_on=False, horizontalalignment=ha,
+                             verticalalignment=va, **kwargs)
+            self._ax = ax
+            self._cloud = cloud
+            self._placed = False
+
+        def draw(self, renderer) -> None:
+            if not self._placed:
+                self._place(renderer)
+            super().draw(renderer)
+
+        def _place(self, renderer) -> None:
+            best = None
+            inverse, cloud = self._ax.transAxes.inverted(), self._cloud
+            for x, y, ha, va in P_CORNERS:
+                self.set_position((x, y))
+                self.set_horizontalalignment(ha)
+                self.set_verticalalignment(va)
+                box = self.get_window_extent(renderer).transformed(inverse)
+                inside = int(((cloud[:, 0] >= box.x0) & (cloud[:, 0] <= box.x1) & (cloud[:, 1] >= box.y0)
+                              & (cloud[:, 1] <= box.y1)).sum())
+                if best is None or inside < best[0]:
+                    best = (inside, x, y, ha, va)
+                if inside == 0:
+                    break
+            assert best is not None   # the loop above runs at least once
+            _, x, y, ha, va = best
+            self.set_position((x, y))
+            self.set_horizontalalignment(ha)
+            self.set_verticalalignment(va)
+            self._placed = True
+
+    return PValueText
+
+
+def _place_p_text(ax, fits, text: str) -> None:
+    """The p-value text in the corner of the plot where it covers the least of the curves, their
+    bands and median lines (survminer puts it bottom left; a curve may run there); the corner is chosen when
+    the figure is first drawn (``PValueText``)."""
+    ax.add_artist(_p_text_class()(ax, text, _curve_cloud(ax, fits), fontsize=8.5, gid="tp-pvalue",
+                                  bbox={"facecolor": "white", "edgecolor": "#cccccc", "alpha": 0.9,
+                                        "boxstyle": "round,pad=0.3"}))
 
 
 def km_figures(results, export: FigureExport | None = None) -> list[dict]:
