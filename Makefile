@@ -11,8 +11,9 @@ DEMO_OUT ?= demo_out
 
 .PHONY: demo test test-fast venv browser services bench clean
 
-# pytest-xdist: one worker per core (at most 4); --dist loadfile keeps a file's module fixtures on one worker
-PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n auto --maxprocesses 4 --dist loadfile
+# pytest-xdist: one worker per core (at most 4); --dist loadfile keeps a file's module fixtures on one worker;
+# --no-loadscope-reorder hands files out in tests/conftest.py's order (the files holding slow tests first)
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 venv: $(STAMP)
 
