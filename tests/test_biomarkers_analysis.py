@@ -423,6 +423,90 @@ def test_output_folder_rerun_removes_what_it_no_longer_writes_and_keeps_other_fi
     assert all(p.exists() for p in res.files.values())
 
 
+def _files(folder: Path) -> list[str]:
+    """Every file under ``folder``, as paths relative to it."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_reports_none_writes_the_tables_of_a_full_run_byte_for_byte_and_no_report(tables, tmp_path):
+    """``reports="none"`` (tables only) writes every table a full run writes on the same inputs and
+    seed, the same bytes, and run.json, but no report.html, figures/ or figures.pdf."""
+    kwargs = dict(markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=20, seed=11, n_boot=5)
+    run_biomarkers(*tables, tmp_path / "full", **kwargs)
+    res = run_biomarkers(*tables, tmp_path / "tables", reports="none", **kwargs)
+    full_tables = [f for f in _files(tmp_path / "full") if f.endswith(".csv")]
+    assert "validation.csv" in full_tables and "cutpoints.csv" in full_tables   # the bootstrap and permutation tables
+    assert _files(tmp_path / "tables") == sorted([*full_tables, "run.json"])
+    differ = [f for f in full_tables if (tmp_path / "full" / f).read_bytes() != (tmp_path / "tables" / f).read_bytes()]
+    assert differ == []
+    record = __import__("json").loads((tmp_path / "tables" / "run.json").read_text())
+    assert record["parameters"]["reports"] == "none" and record["outputs"] == _files(tmp_path / "tables")
+    assert sorted(res.files) == sorted([*full_tables, "run.json"]) and all(p.exists() for p in res.files.values())
+
+
+def test_reports_none_into_a_folder_with_a_full_analysis_removes_its_report(tables, tmp_path):
+    """A tables-only run into the folder of an earlier full analysis (other endpoints, PDF) must not
+    leave that analysis' report.html, figures/ and figures.pdf beside the new tables they disagree
+    with: they are removed with its tables; a user's own file stays."""
+    out = tmp_path / "bio"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    run_biomarkers(*tables, out, markers=["cd8_pct_of_cd3"], endpoints=("pfs", "os"), n_perm=0, n_boot=0, pdf=True)
+    assert (out / "report.html").exists() and (out / "figures" / "km_pfs_all.svg").exists()
+    res = run_biomarkers(*tables, out, markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=0, n_boot=0, reports="none")
+    assert "report.html" in res.removed and "km.csv" not in res.removed   # km.csv replaced, not removed
+    record = __import__("json").loads((out / "run.json").read_text())
+    assert _files(out) == sorted([*record["outputs"], "notes.txt"])
+    assert not any(f in ("report.html", "figures.pdf") or f.startswith("figures") for f in _files(out))
+    assert not (out / "figures").exists()
+    removed = record["output_folder"]["removed_previous_outputs"]
+    assert {"report.html", "figures.pdf", str(Path("figures") / "km_os_all.svg")} <= set(removed)
+
+
+@pytest.mark.parametrize("reports, pdf, message", [
+    ("later", False, r"^reports: 'later' is not one of now, none$"),
+    ("none", True, r"^reports: 'none' draws no figures, so pdf=True has no figures.pdf to write"),
+])
+def test_reports_option_is_checked_before_the_folder_is_claimed(tables, tmp_path, reports, pdf, message):
+    """An unknown ``reports`` value, or a PDF of figures a tables-only run does not draw, is a
+    ValueError naming ``reports``; the output folder is not created."""
+    with pytest.raises(ValueError, match=message):
+        run_biomarkers(*tables, tmp_path / "bio", markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=0, n_boot=0,
+                       reports=reports, pdf=pdf)
+    assert not (tmp_path / "bio").exists()
+
+
+def test_cli_biomarkers_reports_none(tmp_path):
+    """``biomarkers --reports none`` after a full ``--pdf`` run into the same OUT: the tables and
+    run.json, no report; one line says none was drawn and that the previous report was removed.
+    ``--reports none --pdf`` and an unknown mode are one-line errors naming the flags (exit 2)."""
+    from typer.testing import CliRunner
+
+    from tilpheno.cli import app
+
+    out = tmp_path / "bio"
+    base = ["biomarkers", "--phenotypes", str(PHENOTYPES), "--outcomes", str(OUTCOMES), "-o", str(out),
+            "--markers", "cd8_pct_of_cd3", "--endpoints", "pfs", "--permutations", "0", "--bootstrap", "0"]
+    r = CliRunner().invoke(app, [*base, "--pdf"])
+    assert r.exit_code == 0, r.output
+    assert "no report drawn" not in r.output
+    r = CliRunner().invoke(app, [*base, "--reports", "none"])
+    assert r.exit_code == 0, r.output
+    line = next(line for line in r.output.splitlines() if "no report drawn" in line)
+    assert line.strip().startswith("no report drawn (--reports none): tables and run.json only; the previous "
+                                   "analysis' report (figures.pdf, ")
+    assert line.rstrip().endswith("was removed with its tables")
+    assert (out / "km.csv").exists() and not (out / "report.html").exists() and not (out / "figures").exists()
+    r = CliRunner().invoke(app, [*base, "--reports", "none"])   # nothing of a report left to remove
+    assert r.exit_code == 0 and "  no report drawn (--reports none): tables and run.json only\n" in r.output
+    for extra, message in [(["--reports", "none", "--pdf"], "error: --reports: 'none' draws no figures, so --pdf has no "
+                                                             "figures.pdf to write; drop --pdf or draw the report"),
+                           (["--reports", "later"], "error: --reports: 'later' is not one of now, none")]:
+        r = CliRunner().invoke(app, [*base, *extra])
+        assert r.exit_code == 2 and message in r.output, r.output
+    assert (out / "km.csv").exists()   # the refused runs left the folder as it was
+
+
 def test_output_folder_of_a_process_run_is_refused(tables, tmp_path):
     """`biomarkers -o OUT` into the `process` folder replaced its run.json and codebook.csv (the run's
     record lost; `tilpheno report OUT` then failed); now a one-line error and the folder untouched."""

@@ -23,10 +23,10 @@ app = typer.Typer(
 
 def as_cli_text(text: str) -> str:
     """A library message in the command line's words: the library names its parameters
-    (``overwrite=True``, ``executor``, ``fmo_percentile``), the CLI user sees the flags."""
+    (``overwrite=True``, ``pdf=True``, ``executor``, ``fmo_percentile``), the CLI user sees the flags."""
     import re
 
-    text = re.sub(r"\b(overwrite|allow_outside|allow_unmatched|include_identifiers)=True\b",
+    text = re.sub(r"\b(overwrite|allow_outside|allow_unmatched|include_identifiers|pdf)=True\b",
                   lambda m: "--" + m.group(1).replace("_", "-"), text)
     text = re.sub(r"\b(inputs=FOLDER|db=URL|compensation=MATRIX)\b", lambda m: "--" + m.group(1).replace("=", " "), text)
     return re.sub(r"^(executor|scheduler|fmo_percentile|reports|conf_type|roc_times|break_times)\b", lambda m: "--" + m.group(1).replace("_", "-"), text)
@@ -804,7 +804,8 @@ def biomarkers(
     roc_times: str = typer.Option("6,12", "--roc-times", help="Comma-separated times (months, above 0) of the time-dependent AUC (none with --bootstrap 0)."),
     break_times: Optional[str] = typer.Option(None, "--break-times", help="Comma-separated times (months) of the numbers-at-risk tables; default every 6 months."),
     landmark: float = typer.Option(3.0, "--landmark", min=0.0, help="Landmark time (months) of the responder survival comparison."),
-    pdf: bool = typer.Option(False, "--pdf", help="Also write every figure to figures.pdf (one page each; SVGs are always written)."),
+    pdf: bool = typer.Option(False, "--pdf", help="Also write every figure to figures.pdf (one page each; SVGs are written with every report)."),
+    reports: str = typer.Option("now", "--reports", help="now: draw report.html and figures/*.svg; none: tables and run.json only, no report or figures (recorded in run.json; a previous analysis' report in OUT is removed with its tables)."),
 ) -> None:
     """Biomarker analysis of PHENOTYPES against OUTCOMES: response.csv, km.csv, cutpoints.csv, cox_*.csv, responders.csv, report.html."""
     from tilpheno.biomarkers.analysis import read_cutpoints, run_biomarkers
@@ -835,10 +836,23 @@ def biomarkers(
             roc_times=_times(roc_times, "--roc-times"),
             break_times=_times(break_times, "--break-times") if break_times else None, landmark=landmark,
             inputs=[phenotypes, outcomes, cutpoints], pdf=pdf, study=chosen, sources=(str(phenotypes), str(outcomes)),
+            reports=reports,
         )
     except (TilphenoError, ValueError, OSError) as exc:
         _fail(exc)
     _print_biomarker_summary(results, out)
+    if reports == "none":
+        typer.echo(f"  {_tables_only_note(results.removed)}")
+
+
+def _tables_only_note(removed: list[str]) -> str:
+    """The line after a ``biomarkers --reports none`` run: no report drawn, and the previous analysis'
+    report files it removed (``removed``: its outputs this run removed, paths relative to OUT), which
+    described that analysis, not these tables."""
+    report = [p for p in removed if p in ("report.html", "figures.pdf") or Path(p).parts[0] == "figures"]
+    gone = (f"; the previous analysis' report ({', '.join(sorted(report)[:3])}{', ...' if len(report) > 3 else ''}: "
+            f"{len(report)} file(s)) was removed with its tables") if report else ""
+    return f"no report drawn (--reports none): tables and run.json only{gone}"
 
 
 def _print_biomarker_summary(results, out: Path) -> None:

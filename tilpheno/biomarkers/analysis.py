@@ -116,6 +116,7 @@ class BiomarkerResults:
     warnings: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
     run_record: object = None  # tilpheno.provenance.RunRecord of run_biomarkers
+    removed: list[str] = field(default_factory=list)  # a previous run's outputs this run removed (paths relative to out_dir)
 
 
 def read_cutpoints(path) -> pd.DataFrame:
@@ -679,7 +680,7 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
                    conf_type: str = "log", minprop: float = 0.1, break_times=None, n_boot: int = 200,
                    spline_knots: int = 4, roc_times=(6.0, 12.0), landmark: float = 3.0, inputs=(),
                    command_line=None, pdf: bool = False, study=None,
-                   sources: tuple[str, str] = ("phenotypes", "outcomes")) -> BiomarkerResults:
+                   sources: tuple[str, str] = ("phenotypes", "outcomes"), reports: str = "now") -> BiomarkerResults:
     """Join, analyse and write every output file to ``out_dir``.
 
     ``phenotypes`` and ``outcomes`` are DataFrames (a path is a TypeError naming the argument and its reader:
@@ -696,6 +697,10 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
     ``study`` (a ``tilpheno.study.Study``; default the bundled one): its ``biomarkers`` are the
     markers analysed when ``markers`` is None. ``sources``: how errors name the two tables (the
     command line passes their files).
+    ``reports``: ``"now"`` draws ``report.html`` and the figures; ``"none"`` writes every table and
+    ``run.json`` (recorded there as ``parameters.reports``) but no report, figure or PDF (most of a small
+    run's time), as ``tilpheno process --reports none``; a previous run's report and figures in
+    ``out_dir`` are then removed with its tables, as they describe another analysis.
     """
     import time as _time
 
@@ -719,6 +724,7 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
                          f"in 0-{MAX_BOOTSTRAP:,} (got {n_boot:,})")
     check_times("roc_times", roc_times, zero=False)
     check_times("break_times", break_times or (), zero=True)
+    check_reports(reports, pdf)
     out = Path(out_dir)
     previous_record = _biomarker_folder_record(out)
     cohort = build_cohort(phenotypes, outcomes, markers, covariates, study=study, sources=sources)
@@ -733,7 +739,7 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
     settings = Settings(endpoints=tuple(endpoints), conf_type=conf_type, minprop=minprop, maxprop=1 - minprop,
                         n_perm=n_perm, seed=seed, break_times=tuple(break_times) if break_times else None,
                         n_boot=n_boot, spline_knots=spline_knots, roc_times=tuple(roc_times), landmark=landmark)
-    record = start_record(command_line=command_line, parameters={k: v for k, v in settings.__dict__.items()},
+    record = start_record(command_line=command_line, parameters={**settings.__dict__, "reports": reports},
                           strategy_paths=[], release_spec={}, code_sha256=code_digest())
     results = analyse(cohort, settings, pre)
     record.finish([FileDigest(str(p), sha256_file(p)) for p in inputs if p is not None], 0.0)
@@ -762,20 +768,36 @@ def run_biomarkers(phenotypes: pd.DataFrame, outcomes: pd.DataFrame, out_dir, ma
                     continue
                 atomic.write_csv(stage / name, frame)
                 results.files[name] = out / name
-            figures = FigureExport(pdf)
-            atomic.write_text(stage / "report.html", render_report(results, figures))
-            results.files["report.html"] = out / "report.html"
-            _export_figures(stage, figures)
-            if pdf:
-                results.files["figures.pdf"] = out / "figures.pdf"
+            if reports == "now":
+                figures = FigureExport(pdf)
+                atomic.write_text(stage / "report.html", render_report(results, figures))
+                results.files["report.html"] = out / "report.html"
+                _export_figures(stage, figures)
+                if pdf:
+                    results.files["figures.pdf"] = out / "figures.pdf"
             record.finish(record.inputs, _time.monotonic() - started)
             record.extra.update(folder.record())
+            results.removed = sorted(set(folder.previous) - set(record.extra["outputs"]))
             atomic.write_text(stage / RECORD_NAME, record.to_json())
             folder.publish()
     except OSError as exc:   # a full or read-only disk: the system names no file, the folder is named
         raise unwritable(exc, out, created=created) from None
     results.files["run.json"] = out / RECORD_NAME
     return results
+
+
+REPORT_MODES = ("now", "none")
+"""``reports`` of :func:`run_biomarkers`: draw the report and figures now, or none (tables only)."""
+
+
+def check_reports(reports: str, pdf: bool) -> None:
+    """A ValueError naming ``reports`` when it is not one of :data:`REPORT_MODES`, or when ``pdf``
+    asks for figures a run without reports does not draw."""
+    if reports not in REPORT_MODES:
+        raise ValueError(f"reports: {reports!r} is not one of {', '.join(REPORT_MODES)}")
+    if pdf and reports == "none":
+        raise ValueError("reports: 'none' draws no figures, so pdf=True has no figures.pdf to write; drop pdf=True "
+                         "or draw the report")
 
 
 def _biomarker_folder_record(out: Path) -> dict | None:
