@@ -129,7 +129,7 @@ def test_join_lists_unmatched_never_drops(tables, tmp_path):
     # PFS alone: the assertions read the PFS curves, the response rates and unmatched.csv (the join is the same
     # for both endpoints); OS would add its figures and models only
     res = run_biomarkers(pheno2, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=0,
-                         n_boot=0)
+                         n_boot=0, reports="none")   # tables only: the claims are about them
     assert res.response.n.tolist() == [60, 60]
     km = res.km.set_index(["endpoint", "grouping", "group"])
     assert km.loc[("pfs", "all", "all"), "n"] == 60
@@ -223,7 +223,8 @@ def test_events_per_variable_warning(tables, tmp_path):
     few = outcomes.copy()
     few["os_event"] = 0
     few.loc[:11, "os_event"] = 1  # 12 events, 4 variables in the multivariable model
-    res = run_biomarkers(pheno, few, tmp_path, markers=["cd8_pct_of_cd3"], endpoints=("os",), n_perm=0, n_boot=0)
+    res = run_biomarkers(pheno, few, tmp_path, markers=["cd8_pct_of_cd3"], endpoints=("os",), n_perm=0, n_boot=0,
+                         reports="none")   # tables only: the claims are about the warnings and the Cox tables
     assert any("fewer than 10 events per variable" in w for w in res.warnings)
     assert res.cox_multivariable.warning.str.contains("fewer than 10").all()
     assert not res.cox_univariable.warning.str.contains("fewer than 10").any()
@@ -633,7 +634,7 @@ def test_a_blank_marker_value_is_left_out_and_counted_never_zero(tables, tmp_pat
     [note] = [n for n in cohort.notes if n.startswith("marker value(s) blank")]
     assert f"cd8_pct_of_cd3 3 ({', '.join(sorted(patients))})" in note and "never counted as 0" in note, note
     res = run_biomarkers(blank, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], endpoints=("pfs",), n_perm=0,
-                         n_boot=0)   # PFS alone: the groups asserted are PFS's (the cohort's blanks are endpoint-free)
+                         n_boot=0, reports="none")   # tables only; PFS alone: the groups asserted are PFS's (the cohort's blanks are endpoint-free)
     km = res.km.set_index(["endpoint", "grouping", "group"])
     assert km.loc[("pfs", "cd8_pct_of_cd3:median", "low"), "n"] + km.loc[("pfs", "cd8_pct_of_cd3:median", "high"), "n"] \
         == len(cohort.data) - 3

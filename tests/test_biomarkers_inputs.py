@@ -64,7 +64,7 @@ def test_all_missing_marker_skipped_with_warning(tables, tmp_path):
     pheno, outcomes = tables
     pheno = pheno.assign(cd4foxp3_pct_of_cd4=np.nan)
     res = run_biomarkers(pheno, outcomes, tmp_path, markers=["cd8_pct_of_cd3", "cd4foxp3_pct_of_cd4"],
-                         endpoints=("os",), n_perm=0, n_boot=0)
+                         endpoints=("os",), n_perm=0, n_boot=0, reports="none")
     assert res.cohort.markers == ["cd8_pct_of_cd3"]
     assert any("no values" in w and "cd4foxp3_pct_of_cd4" in w for w in res.warnings)
 
@@ -305,7 +305,7 @@ def test_a_covariate_constant_among_one_models_patients_is_said_with_their_numbe
     men = outcomes.loc[outcomes["sex"] == "M", "product_id"]
     pheno = pheno.assign(cd8_pct_of_cd3=pheno["cd8_pct_of_cd3"].where(pheno["product_id"].isin(men)))
     res = run_biomarkers(pheno, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], covariates=["age", "sex"],
-                         endpoints=("os",), n_perm=0, n_boot=0)
+                         endpoints=("os",), n_perm=0, n_boot=0, reports="none")
     analysed = outcomes[outcomes["product_id"].isin(men)].dropna(subset=["age", "os_months", "os_event"])
     assert outcomes["sex"].nunique() == 2 and 0 < len(analysed) < len(outcomes)
     for coding in ("continuous", "dichotomized"):
@@ -376,7 +376,7 @@ def test_patients_missing_a_covariate_are_named(tables, tmp_path):
     outcomes.loc[[2, 7], "age"] = np.nan
     outcomes.loc[7, "ecog"] = np.nan
     res = run_biomarkers(pheno, outcomes, tmp_path, markers=["cd8_pct_of_cd3"], covariates=["age", "ecog"],
-                         endpoints=("os",), n_perm=0, n_boot=0)
+                         endpoints=("os",), n_perm=0, n_boot=0, reports="none")
     missing = outcomes[["age", "ecog"]].isna()
     left_out = outcomes.patient_id[missing.any(axis=1)]
     notes = [w for w in res.warnings if "left out of the multivariable" in w]
@@ -615,8 +615,10 @@ def _blanked(tmp_path, cells: dict[str, list[int]]):
     return read_outcomes(_write(tmp_path, raw, "blank.csv"))
 
 
-def _run(pheno, outcomes, out):
-    return run_biomarkers(pheno, outcomes, out, markers=["cd8_pct_of_cd3", "til_dose_cells"], n_perm=50, n_boot=0)
+def _run(pheno, outcomes, out, reports="none"):
+    """The blank-cell tests' analysis; tables only unless the test reads the report (``reports="now"``)."""
+    return run_biomarkers(pheno, outcomes, out, markers=["cd8_pct_of_cd3", "til_dose_cells"], n_perm=50, n_boot=0,
+                          reports=reports)
 
 
 @pytest.fixture(scope="module")
@@ -632,7 +634,7 @@ def test_a_patient_missing_only_pfs_is_left_out_of_the_pfs_analyses_and_kept_in_
     cohort; one warning names the patient, the blank columns and the file's row; unmatched.csv lists them."""
     pheno, outcomes = tables
     blank = _blanked(tmp_path, {"pfs_months": [4], "pfs_event": [4, 9]})   # P005 both cells, P010 the event only
-    got = _run(pheno, blank, tmp_path / "blank")
+    got = _run(pheno, blank, tmp_path / "blank", reports="now")   # its report is read below
     without = _run(pheno, outcomes.drop(index=[4, 9]), tmp_path / "without")
     for name in ("km", "cutpoints", "cox_univariable", "cox_multivariable", "logrank", "km_table", "response_survival"):
         for endpoint, truth in (("pfs", without), ("os", whole)):
@@ -652,7 +654,7 @@ def test_a_patient_missing_only_pfs_is_left_out_of_the_pfs_analyses_and_kept_in_
     assert "missing pfs: P005" in (tmp_path / "blank" / "report.html").read_text(encoding="utf-8")
     # PFS alone analysed: the patients are kept only where they are, the response analyses
     alone = run_biomarkers(pheno, blank, tmp_path / "alone", markers=["cd8_pct_of_cd3"], n_perm=50, n_boot=0,
-                           endpoints=("pfs",))
+                           endpoints=("pfs",), reports="none")
     assert any(w.endswith("left out of the pfs analyses (complete cases), kept in the response analyses")
                for w in alone.warnings), alone.warnings
 
