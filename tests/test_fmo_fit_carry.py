@@ -113,7 +113,7 @@ def test_the_fit_evidence_is_in_the_threshold_table_the_report_and_the_review_cu
 def test_the_fit_selects_the_model_percentiles_without_a_sort_and_finds_the_same_fit(monkeypatch, shape):
     """Each evaluation of the fit's least squares sorted the model's values (4,096 for the normal signal,
     128 FMO quantiles x 32; 16,384 for the log-normal binding plus spreading, x 128) for 14 percentiles;
-    now one partition at the 29 positions they read (:func:`placement.percentile_positions`: 1.3-3.2x
+    now one partition at the 29 positions they read (:func:`quantiles.percentile_positions`: 1.3-3.2x
     less CPU than the sort, half the CPU of ``reference_tail_cut``). The fit is the one np.percentile of
     the sorted model gives, bit for bit, and the model is never sorted."""
     from scipy.optimize import minimize
@@ -164,7 +164,7 @@ def test_the_fit_selects_the_model_percentiles_without_a_sort_and_finds_the_same
 
 @pytest.mark.parametrize("size", [1, 2, 13, 14, 15, 29, 4096, 16384])
 def test_a_partition_at_the_percentile_positions_gives_np_percentile(size):
-    """percentile_positions: an array partitioned at them gives np.percentile's bits through
+    """quantiles.percentile_positions: an array partitioned at them gives np.percentile's bits through
     quantiles.sorted_percentile, at the fit's percentiles and at 0, 50 and 100 (sizes below, at and
     above the 29 positions; values with ties, as FMO quantiles of clipped events have), and a NaN
     among the values is found (np.percentile's NaN)."""
@@ -174,13 +174,13 @@ def test_a_partition_at_the_percentile_positions_gives_np_percentile(size):
     rng = np.random.default_rng(size)
     values = np.round(rng.normal(0.0, 100.0, size), 0 if size > 100 else 3)
     for q in (pl.FIT_PERCENTILES, np.array([0.0, 50.0, 100.0])):
-        partitioned = np.partition(values, pl.percentile_positions(size, q))
+        partitioned = np.partition(values, quantiles.percentile_positions(size, q))
         expected = np.percentile(values, q)
         got = quantiles.sorted_percentile(partitioned, q)
         assert np.array_equal(got, expected) and got.dtype == expected.dtype, (size, q)
     with_nan = values.copy()
     with_nan[size // 2] = np.nan
-    got = quantiles.sorted_percentile(np.partition(with_nan, pl.percentile_positions(size, pl.FIT_PERCENTILES)),
+    got = quantiles.sorted_percentile(np.partition(with_nan, quantiles.percentile_positions(size, pl.FIT_PERCENTILES)),
                                       pl.FIT_PERCENTILES)
     assert np.all(np.isnan(got))
 

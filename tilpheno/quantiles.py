@@ -89,16 +89,30 @@ def _read_sorted(ordered: np.ndarray) -> _Reader:
     return lambda below, above: (x[below], x[above], bool(np.isnan(x[-1])))
 
 
+def percentile_positions(size: int, q: Any) -> np.ndarray:
+    """The positions (ascending) whose order statistics ``np.percentile`` of ``size`` values at ``q``
+    (percent, 0-100) interpolates, the two around each quantile, and the last position: an array
+    ``partition``-ed at them holds there the values a sort puts there (the last its largest, or a
+    NaN), so :func:`sorted_percentile` reads the same bits off it as ``np.percentile``."""
+    _, _, below, above = _neighbours(size, np.true_divide(q, 100))
+    return np.unique(np.concatenate([below.ravel(), above.ravel(), [size - 1]]))
+
+
+def _neighbours(n: int, fractions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """numpy's virtual index of method ``linear`` for ``fractions`` of ``n`` values, whether it is at or
+    beyond the last position, and the positions of the order statistics below and above it."""
+    virtual = np.asarray((n - 1) * fractions)
+    top = virtual >= n - 1
+    below = np.asarray(np.where(top, n - 1, np.floor(virtual)).astype(np.intp))
+    return virtual, top, below, np.minimum(below + 1, n - 1)
+
+
 def _quantile(values: np.ndarray, q: Any, fractions: np.ndarray, numpy_way: Any, read: _Reader) -> Any:
     x = np.asarray(values)
     if x.ndim != 1 or x.dtype != np.float64 or x.size == 0 or fractions.dtype != np.float64 or fractions.ndim > 1 \
             or not (fractions.min() >= 0 and fractions.max() <= 1):
         return numpy_way(values, q)
-    n = x.size
-    virtual = np.asarray((n - 1) * fractions)   # numpy's virtual index of method 'linear'
-    top = virtual >= n - 1
-    below = np.asarray(np.where(top, n - 1, np.floor(virtual)).astype(np.intp))
-    above = np.minimum(below + 1, n - 1)
+    virtual, top, below, above = _neighbours(x.size, fractions)
     a, b, nan = read(below, above)
     if nan or not (np.all(a) and np.all(b)):   # a NaN, or a zero (one of two signs) among those read
         return numpy_way(values, q)

@@ -1260,16 +1260,6 @@ FIT_FMO_QUANTILES = 128
 """The FMO parent is represented by this many evenly spaced quantiles while fitting (speed)."""
 
 
-def percentile_positions(size: int, q: np.ndarray) -> np.ndarray:
-    """The positions (ascending) whose order statistics ``np.percentile`` of ``size`` values at ``q``
-    (percent, 0-100) interpolates, the two around each quantile, and the last position: an array
-    ``partition``-ed at them holds there the values a sort puts there (the last its largest, or a
-    NaN), so :func:`quantiles.sorted_percentile` reads the same bits off it as ``np.percentile``."""
-    virtual = (size - 1) * np.true_divide(q, 100)
-    below = np.minimum(np.floor(virtual).astype(np.intp), size - 1)
-    return np.unique(np.concatenate([below, np.minimum(below + 1, size - 1), [size - 1]]))
-
-
 def _fit_signal(f_lin: np.ndarray, s_lin: np.ndarray, transform: Any, negative_share: float,
                 offsets: Callable[[np.ndarray], np.ndarray], start: np.ndarray, steps: np.ndarray,
                 scale: float, maxiter: int = 400, fmo_quantiles: int = FIT_FMO_QUANTILES,
@@ -1281,13 +1271,13 @@ def _fit_signal(f_lin: np.ndarray, s_lin: np.ndarray, transform: Any, negative_s
     with a first simplex ``steps`` along each parameter (to ``1e-2 scale`` and a sum of squares
     within ``fatol``, at most ``maxiter`` iterations; deterministic). Each evaluation selects the
     model's order statistics that the percentiles read by one partition of its values
-    (:func:`percentile_positions`), not a sort: the same bits, 1.3-3.2x less CPU (4,096-16,384 values)."""
+    (:func:`quantiles.percentile_positions`), not a sort: the same bits, 1.3-3.2x less CPU (4,096-16,384 values)."""
     from scipy.optimize import minimize
 
     fq = quantiles.percentile(f_lin, (np.arange(fmo_quantiles) + 0.5) * 100.0 / fmo_quantiles)
     target = transform.apply(quantiles.percentile(s_lin, FIT_PERCENTILES * negative_share))
 
-    kth = percentile_positions(fq.size * offsets(start).size, FIT_PERCENTILES)
+    kth = quantiles.percentile_positions(fq.size * offsets(start).size, FIT_PERCENTILES)
 
     def loss(p: np.ndarray) -> float:
         model = (fq[:, None] + offsets(p)[None, :]).ravel()
