@@ -9,6 +9,7 @@
     .venv/bin/python benchmarks/bench_scale.py parallel --cohort /tmp/b12
     .venv/bin/python benchmarks/bench_scale.py timeline --cohort /tmp/scale_b4 --jobs 2
     .venv/bin/python benchmarks/bench_scale.py contention --cohort /tmp/scale_b4 --rounds 3
+    .venv/bin/python benchmarks/bench_scale.py capacity --cohort /tmp/scale_b4 --rounds 3
     .venv/bin/python benchmarks/bench_scale.py scan --cohort /tmp/b12 --files 10000
     .venv/bin/python benchmarks/bench_scale.py all --make-cohort /tmp/scale_b4 --baseline-commit b929823
     .venv/bin/python benchmarks/bench_scale.py gating --cohort /tmp/scale_b4 --repeat 7
@@ -63,7 +64,9 @@ between runs of one invocation.
   --preload tilpheno.daskworker`` does), against ``--jobs 1``, over ``--rounds`` interleaved rounds.
   Each round of ``parallel`` and ``all`` also measures the machine's ceiling for ``--jobs 2``: the
   cohort split into two halves, processed by two independent ``--jobs 1`` runs started together
-  (:func:`two_halves_at_once`).
+  (:func:`two_halves_at_once`), and the machine's own parallel capacity with tilpheno out of the way
+  (:func:`spin_capacity`: a pure-Python loop alone and two copies at once, 3 s each).
+- capacity: only that probe, over ``--rounds``.
 - timeline: where a run's wall time goes: one ``process`` (``--jobs N``, or ``--executor dask``
   with ``--dask``) in a subprocess whose parent and workers log timestamps (process start, fork
   server started, manifest, run record, each worker started, each product's start and end in its
@@ -367,6 +370,7 @@ def parallel(args) -> None:
                 out = work / f"{name.replace(' ', '').lstrip('-')}-{r}"
                 runs.setdefault(name, []).append(run_process(args.tree, args.cohort, out, "--no-cache", *extra))
             runs.setdefault(HALVES, []).append(two_halves_at_once(args.tree, halves, work / f"halves-{r}"))
+            spins.append(spin_capacity())
         cluster = _dask_cluster(args.tree)
         try:
             for r in range(args.rounds):
@@ -627,6 +631,40 @@ def _fault_probe(kind: str, at_once: int) -> list[tuple[float, float]]:
     return [tuple(float(x) for x in p.communicate()[0].split()) for p in procs]   # type: ignore[misc]
 
 
+SPIN_PROBE = """
+import sys, time
+end, units, cpu0 = time.perf_counter() + float(sys.argv[1]), 0, time.process_time()
+while time.perf_counter() < end:
+    sum(range(2000))
+    units += 1
+print(units, time.process_time() - cpu0)
+"""
+
+
+def spin_capacity(seconds: float = 3.0) -> dict:
+    """The machine's parallel capacity for plain CPU work, tilpheno aside: a pure-Python loop (no memory
+    traffic, no I/O) counts work units for ``seconds`` of wall time, alone and then two copies at once;
+    ``ratio`` = units of the two together / units alone (2.0 on two idle cores; what the hypervisor gives
+    two busy vCPUs otherwise), ``cpu_share`` = CPU seconds per wall second of the two (below 1: time
+    stolen)."""
+    def probe(at_once: int) -> list[tuple[float, float]]:
+        procs = [subprocess.Popen([sys.executable, "-c", SPIN_PROBE, str(seconds)], stdout=subprocess.PIPE, text=True)
+                 for _ in range(at_once)]
+        return [tuple(float(x) for x in p.communicate()[0].split()) for p in procs]   # type: ignore[misc]
+
+    alone, two = probe(1), probe(2)
+    return {"alone": alone[0][0], "two": sum(u for u, _ in two), "ratio": sum(u for u, _ in two) / alone[0][0],
+            "cpu_share": sum(c for _, c in two) / (2 * seconds)}
+
+
+def capacity(args) -> None:
+    """Only the machine's parallel capacity (:func:`spin_capacity`), over ``--rounds``."""
+    for r in range(args.rounds):
+        c = spin_capacity()
+        print(f"round {r + 1}: load {load():.1f}; one loop {c['alone']:,.0f} units in 3 s, two at once "
+              f"{c['two']:,.0f}: **{c['ratio']:.2f}x**; CPU per wall second of the two {c['cpu_share']:.2f}")
+
+
 def contention(args) -> None:
     """Alone against two at once, by phase, and the machine's cost of fresh pages (module docstring)."""
     import statistics
@@ -792,6 +830,7 @@ def everything(args) -> None:
     baseline = args.baseline or (_baseline_tree(args.baseline_commit) if args.baseline_commit else None)
     t_start = time.perf_counter()
     runs: dict[str, list[dict]] = {}
+    spins: list[dict] = []
     try:
         halves = split_cohort(cohort, work / "halves")
         for r in range(args.rounds):
@@ -800,6 +839,7 @@ def everything(args) -> None:
                 if tree is not None:
                     runs.setdefault(name, []).append(run_process(tree, cohort, work / f"{name.replace(' ', '_')}-{r}", *extra))
             runs.setdefault(HALVES, []).append(two_halves_at_once(args.tree, halves, work / f"halves-{r}"))
+            spins.append(spin_capacity())
         cluster = _dask_cluster(args.tree)
         try:
             for r in range(args.rounds):
@@ -846,6 +886,8 @@ def everything(args) -> None:
     lines.append(f"| --jobs 2 vs --jobs 1 (wall) | >= 1.8x | **{one / least('now --jobs 2', 'wall')['wall']:.2f}x**; "
                  f"outputs identical: {same_jobs} |")
     lines.append(f"| (reference) {ceiling_line(runs['now --jobs 1'], runs['now --jobs 2'], runs[HALVES])} | | |")
+    lines.append("| (reference) the machine: two pure-Python CPU loops at once / one alone (`spin_capacity`, each round) | | "
+                 + ", ".join(f"{c['ratio']:.2f}x (CPU per wall s {c['cpu_share']:.2f})" for c in spins) + " |")
     lines.append(f"| Dask, 2 worker processes vs --jobs 1 (wall) | >= 1.7x | "
                  f"**{one / least('now dask, 2 workers', 'wall')['wall']:.2f}x**; outputs identical: {same_dask} |")
     lines.append(gating_row(gating, args.repeat, load_fk))
@@ -889,7 +931,7 @@ def gating(args) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("incremental", "memory", "throughput", "analysis", "parallel", "timeline", "contention",
-                                       "scan", "gating", "all"))
+                                       "capacity", "scan", "gating", "all"))
     ap.add_argument("--cohort", type=Path, help="folder from benchmarks/make_cohort.py")
     ap.add_argument("--make-cohort", type=Path, help="`all`: the issue's folder here (written first if missing)")
     ap.add_argument("--baseline-commit", default=None, help="`all`: commit to compare against (git worktree)")
@@ -910,7 +952,7 @@ def main(argv=None) -> None:
     args.cohort, args.tree = args.cohort.resolve(), args.tree.resolve()   # the runs' working directory is the tree
     args.baseline = args.baseline.resolve() if args.baseline else None
     {"incremental": incremental, "memory": memory, "throughput": throughput, "parallel": parallel,
-     "timeline": timeline, "contention": contention, "scan": scan, "gating": gating, "analysis": analysis, "all": everything}[args.what](args)
+     "timeline": timeline, "contention": contention, "capacity": capacity, "scan": scan, "gating": gating, "analysis": analysis, "all": everything}[args.what](args)
 
 
 if __name__ == "__main__":
