@@ -4,18 +4,38 @@
 that break the standard in one controlled way. ``variants()`` returns the malformed cases of
 issue 6 (at least 40), each with the outcome the reader must give: ``"read"`` (the standard or a
 known instrument quirk allows it; events must equal ``expected``) or ``"error"`` (FCSReadError).
+``hang_guard`` turns a read that hangs on such a file into a failure.
 """
 from __future__ import annotations
 
 import re
+import signal
 import struct
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 CHANNELS = ("FSC-A", "SSC-A", "FITC-A", "PE-A", "Time")
+HANG_GUARD_SECONDS = 20  # a hang guard, not a speed test: a correct read takes milliseconds
+
+
+@contextmanager
+def hang_guard(seconds: int = HANG_GUARD_SECONDS):
+    """Fail the block with TimeoutError when it has not finished within ``seconds`` (SIGALRM, main
+    thread only): a read that loops or blocks on a malformed file fails instead of hanging the suite."""
+    def _timeout(signum, frame):
+        raise TimeoutError(f"did not finish within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, _timeout)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def text_segment(keywords: dict[str, str], delim: str = "/") -> bytes:

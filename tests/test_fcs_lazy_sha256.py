@@ -6,9 +6,7 @@ import dataclasses
 import hashlib
 import os
 import pickle
-import signal
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from tilpheno.errors import FCSReadError
 from tilpheno.io.fcs import FCSFile, read_fcs, read_fcs_metadata
 
 sys.path.insert(0, str(Path(__file__).parent))
-from malformed_fcs import float_file  # noqa: E402
+from malformed_fcs import float_file, hang_guard  # noqa: E402
 
 HASH_ROUTINE = fcs_module._LazySHA256.hexdigest
 
@@ -42,20 +40,6 @@ def hash_calls(monkeypatch) -> list[Path]:
 
     monkeypatch.setattr(fcs_module._LazySHA256, "hexdigest", counting)
     return calls
-
-
-@contextmanager
-def hang_guard(seconds: int = 20):
-    def _timeout(signum, frame):
-        raise TimeoutError(f"did not finish within {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, _timeout)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _digest(path: Path) -> str:
