@@ -2,23 +2,14 @@
 survdiff observed/expected, p.adjust, sample-size formulas."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
+from reference_support import EDGE, REF
 from tilpheno.biomarkers.multiplicity import p_adjust
 from tilpheno.biomarkers.planning import hsieh_lavori, schoenfeld
 from tilpheno.biomarkers.survival import KaplanMeier, logrank_test
-
-REF = Path(__file__).parent / "reference"
-EDGE = {
-    "flat_half": ([1, 2, 3, 4], [1, 1, 1, 1]),
-    "ends_at_half": ([1, 2, 3, 4], [1, 1, 0, 0]),
-    "ties_censored": ([1, 2, 2, 3, 4, 5, 5, 6], [1, 1, 0, 1, 0, 1, 1, 0]),
-    "never_half": ([1, 2, 3, 4, 5], [1, 0, 0, 0, 0]),
-}
 
 
 def read(name):

@@ -1,25 +1,17 @@
 """tilpheno's survival statistics against R's numbers (tests/reference/make_reference.R outputs)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
+from reference_support import EDGE, REF
 from tilpheno.biomarkers.cox import cox_zph, design_matrix, fit_cox, newton_cox
 from tilpheno.biomarkers.cutpoints import fixed_cut_statistic, logrank_scores, maxstat_logrank
 from tilpheno.biomarkers.survival import KaplanMeier, logrank_test, median_followup
 
-REF = Path(__file__).parent / "reference"
 MARKERS = ["til_dose_cells", "cd8_pct_of_cd3", "cd8pd1_pct_of_cd8", "cd4foxp3_pct_of_cd4", "cd3_pct_of_live_lymph"]
-EDGE = {
-    "flat_half": ([1, 2, 3, 4], [1, 1, 1, 1]),
-    "ends_at_half": ([1, 2, 3, 4], [1, 1, 0, 0]),
-    "ties_censored": ([1, 2, 2, 3, 4, 5, 5, 6], [1, 1, 0, 1, 0, 1, 1, 0]),
-    "never_half": ([1, 2, 3, 4, 5], [1, 0, 0, 0, 0]),
-}
 
 
 def ref(name: str) -> pd.DataFrame:
