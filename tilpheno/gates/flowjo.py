@@ -158,7 +158,6 @@ class FlowJoSample:
     comp_prefix: str = ""
     comp_suffix: str = ""
     populations: list[WorkspacePopulation] = field(default_factory=list)
-    flowjo_total: int | None = None
 
     def _detector(self, name: str) -> str | None:
         """The detector a compensated dimension name refers to, or None if it is not compensated."""
@@ -319,7 +318,7 @@ def _parse_sample(sample_el: ET.Element, group: str, source: str) -> FlowJoSampl
     if ds is None or node is None:
         sid = ds.get("sampleID") if ds is not None else None
         raise StrategyError(f"{source}: sample {sid} has no {'SampleNode' if ds is not None else 'DataSet'}")
-    s = FlowJoSample(source, ds.get("sampleID", ""), node.get("name", ""), ds.get("uri", ""), group, flowjo_total=_count(node))
+    s = FlowJoSample(source, ds.get("sampleID", ""), node.get("name", ""), ds.get("uri", ""), group)
     xforms = sample_el.find("Transformations")
     for el in (xforms if xforms is not None else []):
         kind = el.tag.rsplit("}", 1)[-1]
