@@ -56,7 +56,6 @@ def capture_one(args) -> int:
     from tilpheno.gates import checks
     from tilpheno.gates.strategy import default_strategy_paths, load_strategy
     from tilpheno.phenotype import analyze_product
-    from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
 
     calls, placed, original, impact = [], [], checks.place_and_check, checks.residual_impact
 
@@ -76,13 +75,7 @@ def capture_one(args) -> int:
     checks.place_and_check, checks.residual_impact = recording, residual
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            phenomena = True
-            if sets:   # as validate_gating.one_product: the drawn phenomena, then the set ones
-                phenomena = vg.set_phenomena(simulate_product(f"V{seed}", seed, 1, phenomena=True).phenomena, seed, sets)
-            prod = simulate_product(f"V{seed}", seed, events, phenomena=phenomena)
-            write_product(prod, tmp)
-            manifest = pd.DataFrame(manifest_rows(prod))
-            manifest["file"] = [str(Path(tmp) / f) for f in manifest["file"]]
+            prod, manifest = vg.written_product(seed, events, sets, tmp)
             result = analyze_product(prod.product_id, manifest, [load_strategy(p) for p in default_strategy_paths()])
     finally:
         checks.place_and_check, checks.residual_impact = original, impact

@@ -258,22 +258,31 @@ def fallback_rows(product_id: str, seed: int, result, errors: dict) -> list[dict
     return rows
 
 
+def written_product(seed: int, events: int, sets: tuple[tuple[str, float, float], ...], folder: str | Path):
+    """Product ``V<seed>`` simulated with the bench phenomena (``phenomena=True``; with ``sets``, the drawn
+    phenomena, then the set ones: :func:`set_phenomena`), ``events`` per tube, its FCS files written into
+    ``folder``: ``(product, manifest)``, the manifest's files as paths in ``folder``."""
+    from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
+
+    phenomena = True
+    if sets:   # the drawn phenomena (one event per tube is enough to draw them), then the set ones
+        phenomena = set_phenomena(simulate_product(f"V{seed}", seed, 1, phenomena=True).phenomena, seed, sets)
+    prod = simulate_product(f"V{seed}", seed, events, phenomena=phenomena)
+    write_product(prod, folder)
+    manifest = pd.DataFrame(manifest_rows(prod))
+    manifest["file"] = [str(Path(folder) / f) for f in manifest["file"]]
+    return prod, manifest
+
+
 def one_product(args) -> dict:
     seed, events, live, cells, sets, without = args
     from tilpheno.gates.checks import needs_review
     from tilpheno.phenotype import analyze_product
     from reference_noise import reference_sampling_sd
-    from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
 
     strategies = strategies_for(live, cells)
     with tempfile.TemporaryDirectory() as tmp:
-        phenomena = True
-        if sets:   # the drawn phenomena (one event per tube is enough to draw them), then the set ones
-            phenomena = set_phenomena(simulate_product(f"V{seed}", seed, 1, phenomena=True).phenomena, seed, sets)
-        prod = simulate_product(f"V{seed}", seed, events, phenomena=phenomena)
-        write_product(prod, tmp)
-        manifest = pd.DataFrame(manifest_rows(prod))
-        manifest["file"] = [str(Path(tmp) / f) for f in manifest["file"]]
+        prod, manifest = written_product(seed, events, sets, tmp)
         manifest = manifest[~((manifest["role"] == "fmo") & manifest["fmo_marker"].isin(without))]
         start = time.process_time()
         result = analyze_product(prod.product_id, manifest, strategies)
