@@ -220,6 +220,25 @@ def test_review_biomarkers_and_plots_use_the_runs_study(tmp_path):
         ReviewSource(out)
 
 
+def test_a_run_json_beside_the_phenotypes_that_gives_no_study_is_said(tmp_path, capsys):
+    """biomarkers without --study takes the study of the run.json beside PHENOTYPES; one that could not
+    be read (not JSON) or is no run's record fell back on the bundled study without a word, so a lab
+    study's run analysed the TIL study's default markers silently. Now one line on stderr names the file
+    and why; without a run.json nothing is said."""
+    from tilpheno.cli import _biomarker_study
+
+    phenotypes = tmp_path / "phenotypes.csv"
+    phenotypes.write_text("product_id\nTIL001\n")
+    assert _biomarker_study(None, phenotypes).name == default_study().name
+    assert capsys.readouterr().err == ""
+    for content, why in (('{"parameters": ', "not read (JSONDecodeError: "), ('["a list"]', "not the record of a process run")):
+        (tmp_path / "run.json").write_text(content)
+        assert _biomarker_study(None, phenotypes).name == default_study().name
+        err = capsys.readouterr().err
+        assert err.startswith(f"{tmp_path / 'run.json'}: {why}") and err.count("\n") == 1, err
+        assert "the biomarker defaults are the bundled study's (til): --study names the study of the run" in err, err
+
+
 @pytest.mark.slow
 def test_wheel_install_processes_sample_fcs(tmp_path):
     """`pip install .` (not editable) into a fresh venv, then `tilpheno process sample_fcs -o X` from

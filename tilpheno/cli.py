@@ -883,7 +883,9 @@ def _id_summary(what: str, ids: list[str]) -> str:
 
 
 def _biomarker_study(study: Optional[str], phenotypes: Path):
-    """``--study``, else the study of the ``process`` run that wrote PHENOTYPES (its run.json), else the bundled one."""
+    """``--study``, else the study of the ``process`` run that wrote PHENOTYPES (its run.json), else the bundled
+    one: without a run.json silently; with one that cannot be read or is no run's record, one line on stderr
+    saying so (the analysis goes on with the bundled study's defaults)."""
     import json
 
     from tilpheno.pipeline.record import check_run_record, run_study
@@ -892,13 +894,25 @@ def _biomarker_study(study: Optional[str], phenotypes: Path):
     if study is not None:
         return load_study(study)
     run_json = phenotypes.parent / "run.json"
+    if not run_json.exists() and not run_json.is_symlink():
+        return default_study()
     try:
         run = json.loads(run_json.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return default_study()
+    except (OSError, ValueError) as exc:
+        return _bundled_study_instead(run_json, f"not read ({type(exc).__name__}: {exc})")
     if not isinstance(run, dict) or "parameters" not in run:
-        return default_study()
+        return _bundled_study_instead(run_json, "not the record of a process run (no parameters)")
     return run_study(check_run_record(run, run_json), run_json)
+
+
+def _bundled_study_instead(run_json: Path, why: str):
+    """The bundled study, after one line on stderr: the run.json beside the phenotypes (``why``) gave none."""
+    from tilpheno.study import default_study
+
+    chosen = default_study()
+    typer.secho(f"{run_json}: {why}; the biomarker defaults are the bundled study's ({chosen.name}): "
+                "--study names the study of the run", fg=typer.colors.YELLOW, err=True)
+    return chosen
 
 
 @app.command()
