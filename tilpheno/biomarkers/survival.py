@@ -67,6 +67,17 @@ def _as_arrays(time, event) -> tuple[np.ndarray, np.ndarray]:
     return t, e
 
 
+def risk_table(time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The risk sets of right-censored data (float arrays, one entry a patient: ``time``, ``event`` 1 or 0):
+    the distinct observed times (sorted), the events and the censorings at each, and the number at risk
+    just before each (the patients whose time is not earlier), as R ``survfit``'s ``n.risk``."""
+    times, inverse = np.unique(time, return_inverse=True)
+    events = np.bincount(inverse, weights=event, minlength=times.size)
+    censored = np.bincount(inverse, weights=1 - event, minlength=times.size)
+    at_risk = time.size - np.concatenate(([0.0], np.cumsum(events + censored)[:-1]))
+    return times, events, censored, at_risk
+
+
 def _pointwise_ci(surv: np.ndarray, se: np.ndarray, conf_type: str, conf_level: float):
     """Confidence limits of S(t) from the standard error of the cumulative hazard (R survfit_confint)."""
     z = stats.norm.ppf(1 - (1 - conf_level) / 2)
@@ -134,10 +145,7 @@ class KaplanMeier:
         self.label = label
         self.n = int(t.size)
         self.events = int(e.sum())
-        uniq, inverse = np.unique(t, return_inverse=True)
-        d = np.bincount(inverse, weights=e, minlength=uniq.size)
-        c = np.bincount(inverse, weights=1 - e, minlength=uniq.size)
-        n_risk = t.size - np.concatenate(([0.0], np.cumsum(d + c)[:-1]))
+        uniq, d, c, n_risk = risk_table(t, e)
         surv = np.cumprod(1 - d / n_risk)
         with np.errstate(divide="ignore"):
             var_terms = np.where(d > 0, d / (n_risk * (n_risk - d)), 0.0)

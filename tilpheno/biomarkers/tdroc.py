@@ -25,16 +25,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from tilpheno.biomarkers.survival import risk_table
+
 TIED_TOL = 1e-8
 
 
 def censoring_survival(time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Kaplan-Meier of the censoring distribution: (unique times, G at those times)."""
-    uniq, inv = np.unique(time, return_inverse=True)
-    d = np.bincount(inv, weights=event, minlength=uniq.size)
-    c = np.bincount(inv, weights=1 - event, minlength=uniq.size)
-    n_risk = time.size - np.concatenate(([0.0], np.cumsum(d + c)[:-1]))
-    at_risk = n_risk - d
+    uniq, d, c, n_risk = risk_table(time, event)
+    at_risk = n_risk - d   # deaths leave the risk set before the censorings at their time
     ratio = np.divide(c, at_risk, out=np.zeros_like(c), where=c != 0)
     return uniq, np.cumprod(1 - ratio)
 
