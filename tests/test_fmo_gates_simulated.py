@@ -972,3 +972,27 @@ def test_the_tail_shape_finding_on_one_pd1_gate_flags_the_gates_of_the_same_read
     assert tube.diagnostics["PD1+"]["tail_points"] < 3.0 < tube.diagnostics["CD8+PD1+"]["tail_points"], tube.diagnostics
     flags = [f.message for f in result.qc if needs_review(f) and f.gate == "PD1+"]
     assert any("carries the reference reading that CD8+PD1+'s check (tail_points" in m for m in flags), flags
+
+
+def test_the_residual_check_is_judged_against_the_gates_own_uncertain_points(tmp_path):
+    """A strategy's ``uncertain_points`` on a gate is the limit of every one of its uncertainty checks,
+    the residual-spillover check's too (before stop 58 that one always took 3 points). V138221 with its
+    drawn phenomena (CD8's tandem loses 12 % to APC: the residual check moves CD56+ by more than 3
+    points, flagged, above) analyzed with the study's surface strategy whose CD56+ sets
+    ``uncertain_points: 50``: the same move is recorded (``residual_points`` above 3) and not flagged."""
+    from tilpheno.gates.strategy import parse_strategy
+
+    surface, treg = default_strategy_paths()
+    text = surface.read_text()
+    old = "params: {width_side: fit, skew_reference: not_CD8, outside_cells: negative}"
+    assert text.count(old) == 1
+    lenient = parse_strategy(text.replace(old, old[:-1] + ", uncertain_points: 50}"), str(surface))
+    prod = simulate_product("V138221", 138221, 20000, phenomena=True)
+    write_product(prod, tmp_path)
+    manifest = pd.DataFrame(manifest_rows(prod))
+    manifest["file"] = [str(tmp_path / f) for f in manifest["file"]]
+    result = analyze_product(prod.product_id, manifest, [lenient, load_strategy(treg)])
+    tube = next(t for t in result.tubes if t.role == "stain" and "CD56+" in t.diagnostics)
+    assert tube.diagnostics["CD56+"]["residual_points"] > 3.0, tube.diagnostics["CD56+"]
+    spill = [f.message for f in result.qc if f.gate == "CD56+" and "spillover" in f.message and needs_review(f)]
+    assert not spill, spill

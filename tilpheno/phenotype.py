@@ -1335,7 +1335,8 @@ class _TubeKindRun:
         (``checks.residual_impact``): the FMO's residual spillover into the marker's detector read on
         the FMO parent's events (``checks.residual_slopes``, the strategy's markers both files have);
         when some is flagged, the gate placed again (``call``: the placement's arguments) with it
-        taken out of the marker in both files (and in the ``skew_reference`` population's events)."""
+        taken out of the marker in both files (and in the ``skew_reference`` population's events),
+        and judged against the gate's own ``uncertain_points`` when the strategy sets one."""
         marker = pop.dims[0]
         transform = fmo.tube.transforms.get(marker)
         markers = [m for m in self.strategy.markers if m in fmo.tube.data and m in stained.tube.data]
@@ -1363,8 +1364,9 @@ class _TubeKindRun:
                          reference_stained=corrected(stained, stained.masks[skew_reference]))
         evidence = corrected(stained, stained.parent_mask(pop))
         other = checks.place_and_check(pop.name, marker, corrected(fmo, fmo.parent_mask(pop)), evidence, **again)
+        limit = {"uncertain_points": call["uncertain_points"]} if "uncertain_points" in call else {}
         return checks.residual_impact(pop.name, marker, placement, stained.tube.data[marker][stained.parent_mask(pop)],
-                                      other, evidence, slopes, held=call["held"])
+                                      other, evidence, slopes, held=call["held"], **limit)
 
     def _unstained(self, i: int, pop: Population) -> np.ndarray | None:
         """The product's unstained control's events for file ``i``'s one-population valley cut of
