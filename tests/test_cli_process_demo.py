@@ -73,3 +73,51 @@ def test_the_demo_prints_the_biomarker_analysis_warnings_once(tmp_path, monkeypa
     assert after.startswith(f"60 patients with phenotypes and outcomes (60 with outcomes); 3 markers; times in months")
     for w in warnings:
         assert result.output.count(f"  warning: {w}\n") == 1, w
+
+
+def test_the_demo_run_again_says_the_review_database_holds_decisions(tmp_path, monkeypatch):
+    """The demo closes by sending the user to review its sample products (`tilpheno serve demo_out/sample`); run
+    again (`make demo` twice), its first step re-processes demo_out/sample over the QA decisions in
+    demo_out/sample.review.sqlite and said nothing of them, where `tilpheno process` closes with a note naming
+    their products (README, "Output folder"). Now the demo's first step closes with the same note. TIL001 stands
+    for the six sample products; the cohort's simulation raises, ending the demo after its first step."""
+    import shutil
+
+    from review_support import PASSWORDS, SAMPLE, make_service
+    from sqlalchemy import select
+
+    import tilpheno.cli as cli
+    import tilpheno.simulate.cohort as simulate
+    from tilpheno.review.db import default_db_path
+    from tilpheno.review.models import User
+
+    sample = tmp_path / "sample_fcs"
+    sample.mkdir()
+    for name in ("manifest.csv", "outcomes.csv"):
+        table = pd.read_csv(SAMPLE / name, dtype=str, keep_default_na=False)
+        table[table["product_id"] == "TIL001"].to_csv(sample / name, index=False)
+    for name in pd.read_csv(sample / "manifest.csv")["file"]:
+        shutil.copy(SAMPLE / name, sample / name)
+
+    def stop(*args, **kwargs):
+        raise OSError("the test stops the demo after its first step")
+
+    monkeypatch.setattr(cli, "_sample_folder", lambda: sample)
+    monkeypatch.setattr(simulate, "simulate_cohort", stop)
+    out = tmp_path / "demo" / "sample"
+
+    def demo() -> str:
+        result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--jobs", "1"])
+        assert result.exit_code == 2 and "the test stops the demo" in result.output, result.output
+        return " ".join(result.output.split())
+
+    assert "note:" not in demo()                                 # no review database beside demo_out/sample yet
+    service = make_service(out, f"sqlite:///{default_db_path(out)}")
+    with service.factory() as db:
+        alice = db.scalar(select(User).where(User.username == "alice"))
+    service.sign("TIL001", alice.id, PASSWORDS["alice"], "rejected", service.current_version("TIL001"), {},
+                 comment="CD3+ gate too low")
+    service.factory.kw["bind"].dispose()
+    said = demo()
+    assert (f"note: {default_db_path(out)} holds QA decisions (approvals or rejections) of TIL001: kept" in said
+            and f"`tilpheno serve {out}` lists them as 're-run after signing: needs review'" in said), said

@@ -982,6 +982,7 @@ def demo(
         first, shown = _run_with_progress(sample, out / "sample", manifest=_optional(sample / "manifest.csv"),
                                    outcomes=_optional(sample / "outcomes.csv"), jobs=jobs, overwrite=True)
         _print_summary(first, shown)
+        _note_signed_review(out / "sample")   # the closing lines send the user to review these products
         typer.echo(f"2/3 simulate {products} products x 9 tubes x {events} events, then process (tables only)")
         cohort = simulate_cohort(out / "cohort_fcs", products, seed, events)
         second, shown = _run_with_progress(cohort.out_dir, out / "cohort", manifest=cohort.manifest,
