@@ -116,3 +116,28 @@ def test_readme_names_the_columns_of_the_biomarker_tables():
     text = " ".join(README.split())
     assert "a blank id is an error naming its row and column" in text
     assert "a blank time or event is missing, complete cases per endpoint" in text
+
+
+def test_readme_library_lines_run_as_written(monkeypatch, capsys):
+    """README's Python block ("gate one file in five lines"), run as written from the repository root, prints the
+    stained tube's summary, and its lineage percentages lie within the README's 2-point target of the simulator's
+    labels (sample_fcs/truth.csv); its comment's FMO control, given as written (`fmo_file`: the PD1 FMO), brings
+    PD1+ within the 1.5-point target of the ideal-FMO reference. tests/test_object_model.py runs a copy of these
+    lines, so a README edit (a file, argument or attribute renamed) went unseen there."""
+    import pandas as pd
+
+    block = README.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(ROOT)
+    names: dict = {}
+    exec(compile(block, "README.md", "exec"), names)
+    assert "cd3_pct_of_live_lymph" in capsys.readouterr().out
+    truth = pd.read_csv(ROOT / "sample_fcs" / "truth.csv").set_index("product_id").loc["TIL001"]
+    percent = names["result"].summary.set_index("variable")["percent"]
+    lineage = ["viability_pct", "cd3_pct_of_live_lymph", "cd4_pct_of_cd3", "cd8_pct_of_cd3", "nk_pct_of_live_lymph",
+               "nkt_pct_of_live_lymph"]
+    assert {v: round(abs(percent[v] - truth[v]), 2) for v in lineage if abs(percent[v] - truth[v]) > 2} == {}
+    comment = block.split("result = tp.gate_sample(strategy, sample)", 1)[1].split("# ", 1)[1].split("\n", 1)[0]
+    names["fmo_file"] = "sample_fcs/TIL001_surface_FMO_PD1.fcs"
+    with_fmo = eval(f"tp.gate_sample(strategy, sample, {comment})", names)
+    pd1 = with_fmo.summary.set_index("variable").at["pd1_pct_of_live_lymph", "percent"]
+    assert abs(pd1 - truth["ref_pd1_pct_of_live_lymph"]) <= 1.5, (pd1, truth["ref_pd1_pct_of_live_lymph"])
