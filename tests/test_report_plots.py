@@ -205,6 +205,9 @@ def test_fmo_legend_names_the_rule_that_placed_the_threshold():
     fmo, unstained = False, True
     assert threshold_note(SimpleNamespace(winner="fmo_relative"), fmo, 99.5) == "threshold: FMO pct carried over"
     assert threshold_note(SimpleNamespace(winner="fmo_percentile"), unstained, 99.0) == "threshold: 99th pct of unstained control"
+    # stop 58: a log-normal fit's cut moved down to the parent's negatives read on their lower sides (not a percentile)
+    assert (threshold_note(SimpleNamespace(winner="outside_pooled"), unstained, 99.5)
+            == "threshold: the parent's negatives read on their lower sides, in and outside the reference")
     # the FMO percentile beyond the stained parent's events, clamped to its largest (undet_52's toy: 0.271 -> 0.203)
     clamped = SimpleNamespace(winner="fmo_percentile", fmo_threshold=0.271, value_transformed=0.203,
                               unclamped_threshold=0.271)

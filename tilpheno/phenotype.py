@@ -22,8 +22,9 @@ controls) go down the strategy's population tree together, population by populat
   ``missing_fmo`` and ``fallback_gate``; where the strategy states the parent's cells outside that reference
   marker-negative, a cut inside their bulk (their spillover the control lacks too) is moved up to the parent's
   first valley above their negative peak (winner ``outside_valley``; without a valley, to that peak mirrored
-  about its lower side, winner ``outside_mirror``, always flagged; a log-normal fit's cut above that mirrored cut
-  moves down to it) and ``uncertain_threshold`` flags a cut still
+  about its lower side, winner ``outside_mirror``, always flagged; a log-normal fit's cut above the parent's
+  negatives read on their lower sides, its cells in and outside the reference, moves down to them, winner
+  ``outside_pooled``, always flagged) and ``uncertain_threshold`` flags a cut still
   below their median (``checks.fallback_outside_check``); without a usable
   one it falls back to the density valley on the stained tube's parent events, with those flags and
   the ``valley`` gates' self-checks (``checks.check_valley``, sized on that stained file as theirs:
@@ -954,18 +955,27 @@ class _Threshold:
 
 
 def _mirror_note(d: dict[str, Any], reference: str, marker: str, held: tuple[str, ...]) -> str:
-    """``fallback_gate``'s words on a cut moved to the peak of the parent's cells outside ``reference`` mirrored about
-    its lower side (winner ``outside_mirror``, ``placement.outside_mirror``): up from a cut inside their bulk with no
-    valley above it, or down from a log-normal fit's cut above it (``outside_lowered_from``); the points of the
-    parent it moved unless ``held``."""
-    lowered = "outside_lowered_from" in d
-    return (f"; the cut was moved {'down' if lowered else 'up'} from "
-            f"{d['outside_lowered_from' if lowered else 'outside_raised_from']:.4g}"
-            + (" (a log-normal binding fit's cut)" if lowered else "")
-            + f" to the peak {d['outside_peak']:.4g} of the parent's cells outside {reference} (stated {marker}-negative) "
-            f"mirrored about its lower side, no stained valley lying above it"
-            + ("" if held else f", {d['outside_moved_points']:.1f} points of the parent "
-               f"{'more' if lowered else 'fewer'} called positive"))
+    """``fallback_gate``'s words on a cut moved up from a cut inside the bulk of the parent's cells outside
+    ``reference``, with no valley above them, to their peak mirrored about its lower side (winner ``outside_mirror``,
+    ``placement.outside_mirror``); the points of the parent it moved unless ``held``."""
+    return (f"; the cut was moved up from {d['outside_raised_from']:.4g} to the peak {d['outside_peak']:.4g} of the "
+            f"parent's cells outside {reference} (stated {marker}-negative) mirrored about its lower side, no stained "
+            f"valley lying above it"
+            + ("" if held else f", {d['outside_moved_points']:.1f} points of the parent fewer called positive"))
+
+
+def _pooled_note(d: dict[str, Any], reference: str, marker: str, held: tuple[str, ...]) -> str:
+    """``fallback_gate``'s words on a log-normal binding fit's cut moved down to the parent's negatives read on their
+    lower sides, its cells in ``reference`` and those outside it (winner ``outside_pooled``,
+    ``placement.pooled_lower_sides``), from the fit's cut (``outside_lowered_from``; the skew carry's lower cut set
+    aside where it had replaced it); the points of the parent it moved unless ``held``."""
+    return (f"; the cut was moved down from {d['outside_lowered_from']:.4g} (a log-normal binding fit's cut"
+            + (f"; the skew carry's {d['skew_cut']:.4g} on the {marker} shift of {reference} set aside, the cells outside "
+               f"{reference} raising the parent's mode by their spillover" if "skew_lowered_points" in d else "")
+            + f") to the {d['percentile']:g}th percentile of the parent's negatives read on their lower sides, its cells "
+            f"in {reference} and those outside it (stated {marker}-negative) as normal groups"
+            + ("" if held else f", {d['outside_moved_points']:.1f} points of the parent more called positive than at "
+               f"the fit's cut"))
 
 
 class _TubeKindRun:
@@ -1213,7 +1223,7 @@ class _TubeKindRun:
     def _anchored(self, k: int, pop: Population, values: np.ndarray, reference: np.ndarray | None, control: TubeData,
                   undetermined: frozenset[str], rule: tuple[dict[str, Any], dict[str, Any], float, int, str | None],
                   kind: str, skew_stained: np.ndarray | None = None, outside: np.ndarray | None = None,
-                  gathered: np.ndarray | None = None,
+                  gathered: np.ndarray | None = None, inside: np.ndarray | None = None,
                   ) -> tuple[pl.Placement, tuple[str, ...], tuple[str, ...], dict[str, Any], _Gated | None]:
         """``pop``'s threshold anchored on a ``control``'s events (``values``; ``reference``: those of the
         strategy's ``skew_reference`` population; ``undetermined``: the gates the control's events were gated
@@ -1222,7 +1232,8 @@ class _TubeKindRun:
         as the flags name it, ``FMO`` or ``unstained control``, also where that stands in for the FMO; ``skew_stained``:
         ``checks.place_and_check``'s, the ``skew_reference`` population's stained events, a cut on the unstained
         control standing in for the FMO; ``outside``: ``placement.place_fmo_anchored``'s ``outside_values``, the
-        stained parent's events outside the reference stated marker-negative; ``gathered``: the first stained
+        stained parent's events outside the reference stated marker-negative, and ``inside`` its ``inside_values``,
+        the parent's other events, inside the reference; ``gathered``: the first stained
         file's parent events where the caller has gathered them already, not gathered again): the
         placement, the undetermined gates the stained parent rests on and those the control's parent rests on
         (``held``, ``control_held``: each file's counts held apart), the call's arguments and the stained file's
@@ -1251,6 +1262,7 @@ class _TubeKindRun:
             call["skew_stained"] = skew_stained
         if outside is not None:
             call["outside_values"] = outside
+            call["inside_values"] = inside
         placement = checks.place_and_check(pop.name, marker, values, evidence, **call)
         return placement, held, control_held, call, stained[1] if evidence is not None and stained is not None else None
 
@@ -1271,9 +1283,10 @@ class _TubeKindRun:
         1.5 points and their flags, benchmarks/README.md), and the parent's cells outside the reference,
         where the strategy states them marker-negative (``outside_cells: negative``, e.g. CD56's CD8+ T cells under
         CD8's tandem spillover), move a cut inside their bulk up to the parent's first valley above their negative
-        peak (``place_fmo_anchored``'s ``outside_values``, winner ``outside_valley``; stop 54; without a valley, and
-        from a log-normal fit's cut above it, to that peak mirrored about its lower side, winner ``outside_mirror``;
-        stop 55) and are read by the
+        peak (``place_fmo_anchored``'s ``outside_values``, winner ``outside_valley``; stop 54; without a valley, to
+        that peak mirrored about its lower side, winner ``outside_mirror``, stop 55; a log-normal fit's cut above the
+        parent's negatives read on their lower sides, ``inside_values`` and ``outside_values``, moves down to them,
+        winner ``outside_pooled``, stop 58) and are read by the
         outside check (``checks.fallback_outside_check``: ``uncertain_threshold`` when most of them still lie above
         the cut); flagged ``missing`` and ``fallback_gate`` saying why the cut can be wrong and by how much a raise
         or move changed it:
@@ -1293,14 +1306,16 @@ class _TubeKindRun:
         reference = rule[4]
         # the binding tail the control lacks, read on the reference's stained events (checks.place_and_check)
         skew_stained = stained.tube.data[marker][stained.masks[reference]] if reference else None
-        outside, parent_values = None, None
+        outside, inside, parent_values = None, None, None
         if reference and pop.params.get("outside_cells") == "negative":   # left out for their spillover, which the control lacks too
             parent = stained.parent_mask(pop)
             parent_values = stained.tube.data[marker][parent]   # gathered once: the placement's evidence and the check's
-            outside = parent_values[~stained.masks[reference][parent]]
+            in_reference = stained.masks[reference][parent]
+            outside, inside = parent_values[~in_reference], parent_values[in_reference]
         placement, held, control_held, _, _ = self._anchored(k, pop, values, None, control,
                                                              undetermined_gates(stained.diagnostics), (*rule[:4], None),
-                                                             "unstained control", skew_stained, outside, parent_values)
+                                                             "unstained control", skew_stained, outside, parent_values,
+                                                             inside)
         if outside is not None and parent_values is not None:
             placement = checks.fallback_outside_check(pop.name, marker, placement, parent_values, outside,
                                                       str(reference), held)
@@ -1319,13 +1334,14 @@ class _TubeKindRun:
                f"{reference} ({d['skew_shift']:.0f} linear units; the parent's own {d['skew_parent_shift']:.0f}, pulled up "
                f"by its dim positives)"
                + ("" if held else f", {d['skew_lowered_points']:.1f} points of the parent more called positive")
-               if "skew_lowered_points" in d else "")
+               if "skew_lowered_points" in d and d.get("winner") != "outside_pooled" else "")
             + (f"; the cut was moved up from {d['outside_raised_from']:.4g} to the stained valley above the peak "
                f"{d['outside_peak']:.4g} of the parent's cells outside {reference} (stated {marker}-negative, their "
                f"spillover the control lacks)"
                + ("" if held else f", {d['outside_moved_points']:.1f} points of the parent fewer called positive")
                if d.get("winner") == "outside_valley" else "")
-            + (_mirror_note(d, str(reference), marker, held) if d.get("winner") == "outside_mirror" else ""))
+            + (_mirror_note(d, str(reference), marker, held) if d.get("winner") == "outside_mirror" else "")
+            + (_pooled_note(d, str(reference), marker, held) if d.get("winner") == "outside_pooled" else ""))
         return (pl.Placement(placement.gate, f"fallback_{placement.method}", d, placement.flags + (missing, flag)),
                 control.file, held, control_held)
 

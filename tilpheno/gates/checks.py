@@ -139,7 +139,9 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     up inside the placement too, to the parent's first valley above their negative peak (winner ``outside_valley``,
     ``placement.outside_valley``; without a valley to their peak mirrored about its lower side, winner
     ``outside_mirror``, ``placement.outside_mirror``, which the outside check always flags: no valley tells their
-    positives from their upper side; stop 55), and the engine (``phenotype._TubeKindRun._on_unstained``) flags a cut
+    positives from their upper side; stop 55; a log-normal fit's cut above the parent's negatives read on their lower
+    sides moves down to them, winner ``outside_pooled``, ``placement.pooled_lower_sides``, always flagged too; stop
+    58), and the engine (``phenotype._TubeKindRun._on_unstained``) flags a cut
     still there:
     when more than ``placement.OUTSIDE_SHARE`` (50) % of them, and more than ``placement.OUTSIDE_POINTS`` (1.5)
     points of the parent, lie above it (``outside_pct``, ``outside_median``, ``outside_points``:
@@ -561,8 +563,9 @@ def place_and_check(
                                     f"shifted beyond reach and the cut several points off; look at the {marker} histogram of the "
                                     f"parent, stained vs {control_name}"))
         low, high = float(d.get("relative_low", float("nan"))), float(d.get("relative_high", float("nan")))
-        # a valley, or the outside cells' own lower side mirrored, is the stained data's own: judged by the outside check
-        extrapolated = d.get("winner") not in ("stained_valley", "outside_valley", "outside_mirror")
+        # a valley, or the outside cells' own lower side mirrored or the parent's lower sides pooled, is the stained
+        # data's own: judged by the outside check
+        extrapolated = d.get("winner") not in ("stained_valley", "outside_valley", "outside_mirror", "outside_pooled")
         uncertain = False
         if extrapolated and math.isfinite(low) and math.isfinite(high):
             d["bracket_points"] = _points_between(stained, low, high)
@@ -835,7 +838,9 @@ def fallback_outside_check(population: str, marker: str, placement: pl.Placement
     the strategy says they are not, or the valley inside their bulk). A cut moved to a valley no prominent peak of
     the parent follows (``outside_prominent`` false: the positives a shoulder) is flagged too, and so is every cut
     moved to their peak mirrored about its lower side (winner ``outside_mirror``: no valley at all above their
-    peak, their positives a tail; stop 55). ``held``: as :func:`place_and_check`'s."""
+    peak, their positives a tail; stop 55), and every log-normal fit's cut moved down to the parent's negatives read on
+    their lower sides (winner ``outside_pooled``, ``placement.pooled_lower_sides``: normal groups, whose shape the
+    binding need not have; stop 58). ``held``: as :func:`place_and_check`'s."""
     cut = float(placement.diagnostics["threshold"])
     found = pl.outside_reading(stained, outside, cut)
     d = {**placement.diagnostics, **found}
@@ -847,18 +852,27 @@ def fallback_outside_check(population: str, marker: str, placement: pl.Placement
                    f"negatives; look at the {marker} histogram of the parent outside {reference}")
         return pl.Placement(placement.gate, placement.method, d,
                             _joined_uncertain(placement.flags, population, marker, message))
+    if d.get("winner") == "outside_pooled":   # a log-normal fit's cut above it (placement._fit_lowered)
+        set_aside = (f"; the skew carry's {float(d['skew_cut']):.3f} on the shift of {reference} set aside: the cells "
+                     f"outside {reference}, stated {marker}-negative, raise the parent's mode by their spillover"
+                     if "skew_lowered_points" in d else "")
+        message = (f"the cut {cut:.3f} anchored on the unstained control was moved down from "
+                   f"{float(d['outside_lowered_from']):.3f} (a log-normal binding fit's cut{set_aside}) to the "
+                   f"{float(d['percentile']):g}th percentile of the parent's negatives read on their lower sides (normal "
+                   f"about the peaks {float(d['pooled_inside_peak']):.3f} of its cells in {reference} and "
+                   f"{float(d['pooled_outside_peak']):.3f} of those outside it; {found['outside_pct']:.1f}% of the latter "
+                   f"above it): the fit took positives next to their upper side for binding, and no valley sets the cut, "
+                   f"so positives dimmer than the cut are missed and a binding tail heavier than normal is called "
+                   f"positive; look at the {marker} histogram of the parent outside {reference}")
+        return pl.Placement(placement.gate, placement.method, d,
+                            _joined_uncertain(placement.flags, population, marker, message))
     if d.get("winner") == "outside_mirror":
-        lowered = "outside_lowered_from" in d   # a log-normal fit's cut above it (placement._fit_lowered)
-        message = (f"the cut {cut:.3f} anchored on the unstained control was moved {'down' if lowered else 'up'} from "
-                   f"{float(d['outside_lowered_from' if lowered else 'outside_raised_from']):.3f}"
-                   + (" (a log-normal binding fit's cut)" if lowered else "")
-                   + f" to the peak {float(d['outside_peak']):.3f} of the parent's "
+        message = (f"the cut {cut:.3f} anchored on the unstained control was moved up from "
+                   f"{float(d['outside_raised_from']):.3f} to the peak {float(d['outside_peak']):.3f} of the parent's "
                    f"cells outside {reference} mirrored about its lower side (their {float(d['percentile']):g}th percentile "
                    f"were their negatives symmetric; {found['outside_pct']:.1f}% of them above it): "
-                   + ("the fit took positives next to their upper side for binding, and no valley sets the cut"
-                      if lowered else "no stained valley above that peak (a positive tail on their upper side)")
-                   + f", so positives dimmer than the cut are missed and a skewed upper side of theirs is called "
-                   f"positive; look at the "
+                   f"no stained valley above that peak (a positive tail on their upper side), so positives dimmer than "
+                   f"the cut are missed and a skewed upper side of theirs is called positive; look at the "
                    f"{marker} histogram of the parent outside {reference}")
         return pl.Placement(placement.gate, placement.method, d,
                             _joined_uncertain(placement.flags, population, marker, message))

@@ -65,7 +65,8 @@ from typing import Any, Callable, Mapping, ParamSpec, TypeVar
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
-from scipy.special import fdtri, gammaincinv, ndtri, stdtrit
+from scipy.optimize import brentq
+from scipy.special import fdtri, gammaincinv, ndtr, ndtri, stdtrit
 
 from tilpheno.errors import GatingError, TooFewEventsError
 from tilpheno.gates.geometry import EllipsoidGate, Gate, PolygonGate, RangeGate
@@ -1935,6 +1936,61 @@ def outside_mirror(outside: np.ndarray, peak: float, percentile: float) -> float
     return float(2.0 * peak - below[k])
 
 
+ONE_SD_BELOW = float(ndtr(-1.0))
+"""Share of a normal population lying more than one SD below its mean (0.1587): :func:`lower_side_sd` reads a
+group's SD at this share of it below its peak."""
+
+
+def lower_side_sd(values: np.ndarray, peak: float) -> float:
+    """The SD of a group's negatives read on their lower side alone (transformed units): ``peak - x_(k)``, x_(k) the
+    k-th lowest of its finite events below ``peak``, k = :data:`ONE_SD_BELOW` x twice their number (a normal symmetric
+    about its mode holds twice the events below it, 15.87 % of them more than one SD below). Positives all lie above
+    the peak, so they do not widen it; unlike :func:`outside_mirror`'s extreme order statistic it rests on the
+    group's bulk, not on its few lowest events. NaN with fewer than 20 events below the peak."""
+    x = np.asarray(values, dtype=np.float64)
+    below = np.sort(x[np.isfinite(x) & (x < peak)])
+    if below.size < 20:
+        return float("nan")
+    return float(peak - below[min(int(ONE_SD_BELOW * 2 * below.size), below.size - 1)])
+
+
+def pooled_normal_cut(groups: list[tuple[float, float, int]], percentile: float) -> float:
+    """The ``percentile`` of a mixture of normal groups ``(mean, sd, events)`` weighted by their events (transformed
+    units): the cut c with sum_i n_i / N x P(N(mean_i, sd_i) > c) = (100 - ``percentile``) / 100 (:func:`brentq`
+    between the lowest mean, where the sum is at least 1/2, and the highest mean + 10 SD). Groups without a finite
+    mean and a positive SD are left out; NaN without any."""
+    usable = [(m, s, n) for m, s, n in groups if math.isfinite(m) and s > 0 and n > 0]
+    if not usable:
+        return float("nan")
+    total = float(sum(n for _, _, n in usable))
+    tail = (100.0 - percentile) / 100.0
+
+    def excess(c: float) -> float:
+        return sum(n / total * float(ndtr((m - c) / s)) for m, s, n in usable) - tail
+
+    return float(brentq(excess, min(m for m, _, _ in usable), max(m + 10.0 * s for m, s, _ in usable)))
+
+
+def pooled_lower_sides(density: Density, groups: tuple[np.ndarray, ...], bandwidth: float,
+                       percentile: float) -> tuple[float, list[tuple[float, float, int]]]:
+    """The stained parent's negatives as the normal groups its cells make, each read on its lower side (transformed
+    units): (the ``percentile`` of their mixture, :func:`pooled_normal_cut`; each group's (peak, SD, events), NaN
+    where it cannot be read, and then left out of the mixture). ``groups``: the parent's events split by the
+    ``skew_reference`` (CD56's: the cells inside ``not_CD8`` and the CD8+ T cells outside it, whose CD8 tandem
+    spillover sets them higher): each group's negative peak is the lowest peak of its own density
+    (:func:`outside_peak`, on ``density``'s grid) and its SD :func:`lower_side_sd`. Under heavy nonspecific
+    binding every group's negatives are shifted and widened, which a cut anchored on the unstained control cannot
+    see; their lower sides show it, and the positives (CD56: NK cells inside, NKT among the CD8+ T cells) all lie
+    above the peaks. NaN when no group can be read."""
+    read = []
+    for values in groups:
+        peak = outside_peak(density, values, bandwidth)
+        mode = float("nan") if peak is None else float(peak)
+        read.append((mode, lower_side_sd(values, mode) if peak is not None else float("nan"),
+                     int(np.count_nonzero(np.isfinite(values)))))
+    return pooled_normal_cut(read, percentile), read
+
+
 def outside_valley(density: Density, mode: float, min_prominence: float) -> tuple[float, bool] | None:
     """The stained parent's first density valley above the negative peak ``mode`` of its cells outside the
     ``skew_reference`` (transformed units): (the valley, whether a prominent peak of the parent follows the valley),
@@ -2163,6 +2219,7 @@ def place_fmo_anchored(
     control_name: str = "FMO",
     skew_binding: ReferenceBinding | None = None,
     outside_values: np.ndarray | None = None,
+    inside_values: np.ndarray | None = None,
 ) -> Placement:
     """Positive gate ``x > threshold``: the FMO sets the scale, the stained tube is the evidence (``control_name``: the
     control's name in the ``note`` and flags, ``unstained control`` where that stands in for the FMO).
@@ -2246,8 +2303,16 @@ def place_fmo_anchored(
     was found and the cut stayed), ``outside_peak`` their negative peak, ``outside_prominent`` whether a prominent
     peak of the parent follows the valley, ``outside_moved_points`` (% of the stained parent between the two cuts).
     Without a valley above their peak the cut moves up to that peak mirrored about its lower side instead
-    (:func:`outside_mirror`, winner ``outside_mirror``, ``outside_mirror`` recorded), and a log-normal fit's cut above
-    that mirrored cut moves down to it (winner ``outside_mirror``, ``outside_lowered_from``; stop 55).
+    (:func:`outside_mirror`, winner ``outside_mirror``, ``outside_mirror`` recorded; stop 55). A log-normal fit's
+    cut (``width_side: fit``, ``fit_log_sd`` > 0; the fit's share grows with its cut and climbs past the positives
+    next to the outside cells' upper side) above the parent's negatives read on their lower sides moves down to that
+    cut (:func:`pooled_lower_sides` of ``inside_values``, the parent's events inside the ``skew_reference``, and
+    ``outside_values``: winner ``outside_pooled``, ``pooled_cut``, ``outside_lowered_from`` the fit's cut, the groups'
+    peaks and SDs as ``pooled_inside_peak`` etc.; stop 58, before it the outside cells' peak mirrored, whose extreme lower
+    order statistic under-called NKT under heavy CD56 binding). So does a fit's cut the skew carry lowered (its
+    ``skew_lowered_points``): the carry took the reference's shift for the parent's own as pulled up by dim
+    positives, but the strategy states the cells outside the reference negative, and their spillover is what
+    raises the parent's mode (NKT over-called by up to 3.5 points under heavy CD56 binding, stop 58).
     """
     if rule not in FMO_RULES:
         raise GatingError(f"FMO gate on {dim!r}: rule must be one of {FMO_RULES}, got {rule!r}")
@@ -2384,8 +2449,9 @@ def place_fmo_anchored(
                 diagnostics["skew_lowered_points"] = points_between(x, skew_cut, cut)
             winner, cut = "skew_carry", skew_cut
     if outside_values is not None and rule != "percentile":
-        winner, cut = _outside_moved(density, x, outside_values, bandwidth, min_prominence, percentile, winner,
-                                     float(cut), diagnostics)
+        in_reference = inside_values if inside_values is not None else np.empty(0)
+        winner, cut = _outside_moved(density, x, outside_values, in_reference, bandwidth, min_prominence, percentile,
+                                     winner, float(cut), diagnostics)
     rule_cut = float(cut)
     cut = clamp_to_parent(rule_cut, x)   # beyond the parent's events the gate keeps all or none of them
     if cut != rule_cut:
@@ -2399,19 +2465,19 @@ def place_fmo_anchored(
     return Placement(gate, winner if winner != "fmo_percentile" else "fmo_percentile", diagnostics, base.flags)
 
 
-def _outside_moved(density: Density, stained: np.ndarray, outside: np.ndarray, bandwidth: float,
+def _outside_moved(density: Density, stained: np.ndarray, outside: np.ndarray, inside: np.ndarray, bandwidth: float,
                    min_prominence: float, percentile: float, winner: str, cut: float, diagnostics: dict[str, Any],
                    ) -> tuple[str, float]:
     """:func:`place_fmo_anchored`'s ``outside_values`` move: (winner, cut), when ``cut`` lies inside the bulk of the
     cells ``outside`` the reference (:func:`outside_inside`) moved up to :func:`outside_valley` where that valley lies
     above it, or, with no valley above their negative peak (a positive tail with no local minimum on their upper
-    side), to :func:`outside_mirror` (their ``percentile`` read on their lower side) where that lies above it; and a
-    log-normal fit's cut (winner ``fmo_relative``, ``fit_log_sd`` > 0) above that mirrored cut moved down to it (the
-    fit took positives next to their upper side for binding; stop 55). What it found recorded in ``diagnostics``
-    (``outside_cut``, ``outside_peak``, ``outside_prominent``, ``outside_mirror``, ``outside_raised_from`` or
-    ``outside_lowered_from``, ``outside_moved_points``: % of the stained parent between the two cuts)."""
+    side), to :func:`outside_mirror` (their ``percentile`` read on their lower side) where that lies above it;
+    otherwise a log-normal fit's cut above the parent's negatives read on their lower sides moved down to them
+    (:func:`_fit_lowered`; ``inside``: the parent's events inside the reference). What it found recorded in
+    ``diagnostics`` (``outside_cut``, ``outside_peak``, ``outside_prominent``, ``outside_mirror``,
+    ``outside_raised_from``, ``outside_moved_points``: % of the stained parent between the two cuts)."""
     if not outside_inside(outside_reading(stained, outside, cut)):
-        return _fit_lowered(density, stained, outside, bandwidth, percentile, winner, cut, diagnostics)
+        return _fit_lowered(density, stained, (inside, outside), bandwidth, percentile, winner, cut, diagnostics)
     peak = outside_peak(density, outside, bandwidth)
     found = outside_valley(density, peak, min_prominence) if peak is not None else None
     valley, prominent = found if found is not None else (float("nan"), False)
@@ -2429,20 +2495,27 @@ def _outside_moved(density: Density, stained: np.ndarray, outside: np.ndarray, b
     return moved, to
 
 
-def _fit_lowered(density: Density, stained: np.ndarray, outside: np.ndarray, bandwidth: float, percentile: float,
-                 winner: str, cut: float, diagnostics: dict[str, Any]) -> tuple[str, float]:
-    """:func:`_outside_moved`'s downward move: a log-normal fit's cut (winner ``fmo_relative``, ``fit_log_sd`` > 0)
-    above the cells ``outside`` the reference's peak mirrored about its lower side (:func:`outside_mirror`) moved
-    down to it, winner ``outside_mirror``, ``outside_lowered_from`` the fit's cut; any other cut unchanged."""
-    if winner != "fmo_relative" or not diagnostics.get("fit_log_sd", 0.0) > 0:
+def _fit_lowered(density: Density, stained: np.ndarray, groups: tuple[np.ndarray, ...], bandwidth: float,
+                 percentile: float, winner: str, cut: float, diagnostics: dict[str, Any]) -> tuple[str, float]:
+    """:func:`_outside_moved`'s downward move: a log-normal fit's cut (``fit_log_sd`` > 0; winner ``fmo_relative``, or
+    ``skew_carry`` where the skew carry lowered it, ``skew_lowered_points``: its ``skew_raised_from``) above the
+    parent's negatives read on their lower sides (:func:`pooled_lower_sides` of ``groups``, the parent's events
+    inside and outside the reference) moved down to them: winner ``outside_pooled``, ``pooled_cut``, each group's
+    ``pooled_inside_peak``/``pooled_inside_sd`` and ``pooled_outside_peak``/``pooled_outside_sd``,
+    ``outside_lowered_from`` the fit's cut, ``outside_moved_points`` the % of the stained parent between the two; any
+    other cut unchanged."""
+    skew_lowered = winner == "skew_carry" and "skew_lowered_points" in diagnostics
+    if not (winner == "fmo_relative" or skew_lowered) or not diagnostics.get("fit_log_sd", 0.0) > 0:
         return winner, cut
-    peak = outside_peak(density, outside, bandwidth)
-    mirror = outside_mirror(outside, peak, percentile) if peak is not None else float("nan")
-    if not mirror < cut:   # NaN: no peak, or too few events below it
+    fit_cut = float(diagnostics["skew_raised_from"]) if skew_lowered else cut
+    pooled, read = pooled_lower_sides(density, groups, bandwidth, percentile)
+    if not pooled < fit_cut:   # NaN: no group read
         return winner, cut
-    diagnostics.update(outside_peak=peak, outside_mirror=mirror, outside_lowered_from=cut,
-                       outside_moved_points=points_between(stained, mirror, cut))
-    return "outside_mirror", mirror
+    (inside_peak, inside_sd, _), (outside_peak_, outside_sd, _) = read
+    diagnostics.update(pooled_cut=pooled, pooled_inside_peak=inside_peak, pooled_inside_sd=inside_sd,
+                       pooled_outside_peak=outside_peak_, pooled_outside_sd=outside_sd, outside_lowered_from=fit_cut,
+                       outside_moved_points=points_between(stained, pooled, fit_cut))
+    return "outside_pooled", pooled
 
 
 def points_between(values: np.ndarray, a: float, b: float) -> float:

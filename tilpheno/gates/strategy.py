@@ -53,7 +53,9 @@ fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200
                      up to the parent's first valley above their negative peak (winner
                      outside_valley, placement.outside_valley; without one, to that peak
                      mirrored about its lower side, outside_mirror, always flagged; a
-                     log-normal fit's cut above that mirrored cut moves down to it) and is
+                     log-normal fit's cut above the parent's negatives read on their
+                     lower sides, in and outside the reference, moves down to them,
+                     outside_pooled, always flagged) and is
                      flagged when most still lie
                      above it (checks.fallback_outside_check); any (they may be positives, e.g.
                      PD1's T cells): neither
