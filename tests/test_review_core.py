@@ -896,22 +896,25 @@ def test_a_batch_apply_after_a_rerun_with_other_settings_builds_on_the_new_run(k
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_a_product_re_run_after_signing_is_said_to_need_review(kind, tmp_path, processed_once):
+def test_a_product_re_run_after_signing_is_said_to_need_review(kind, tmp_path, processed_once, reruns):
     """`tilpheno process --overwrite` with another FMO percentile over a folder whose products QA had
     approved: the approvals were void (right), but the product list said 'not approved', counted them
     with the products never reviewed ('2 neither'), and `export-approved` said '0 approved product(s)
     of 2' with 'not released (not approved)': nothing told the lab that signed work had been re-run.
     Now the list, its counts, phenotypes_approved.csv's release_status and export-approved's summary
     say 're-run after signing: needs review' with the void reason, before and after the product is
-    opened; an approval a reviewer's own later save voided is named as that, not as a re-run."""
+    opened; an approval a reviewer's own later save voided is named as that, not as a re-run. The
+    re-run (`process` with `--overwrite --fmo-percentile 99`, tables only) is the library call
+    :func:`til001_run` makes, made once for both backends (``reruns``); the command line's own words
+    over signed work are `test_process_over_signed_work_says_the_review_database_holds_decisions`'s."""
     import re
     import sys
 
-    from review_support import SAMPLE, database_url, drop_schema, make_service
+    from review_support import database_url, drop_schema, make_service
     from tilpheno.review.server import build_service
     from tilpheno.review.web import create_app
 
-    out, _ = til001_run(processed_once, products=("TIL001", "TIL002"))
+    out, run = til001_run(processed_once, products=("TIL001", "TIL002"), reruns=reruns)
     url = database_url(kind, tmp_path)
     first = make_service(out, url)
     try:
@@ -931,8 +934,7 @@ def test_a_product_re_run_after_signing_is_said_to_need_review(kind, tmp_path, p
             assert r.returncode == 0, r.stderr
             return r.stdout
 
-        cli("process", SAMPLE, "-o", out, "--manifest", out.parent / "manifest.csv", "--outcomes", SAMPLE / "outcomes.csv",
-            "--allow-unmatched", "--reports", "none", "--overwrite", "--fmo-percentile", "99")
+        run(overwrite=True, fmo_percentile=99.0)
         rerun = ("approval for release of version 1 void: re-run after signing: needs review (input data, infused cell "
                  "number, strategy, FMO percentile, study dose definitions, panel file, FMO control markers (manifest "
                  "fmo_marker) or release spec changed after signing)")
