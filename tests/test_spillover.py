@@ -71,6 +71,8 @@ def test_cli_writes_a_matrix_process_can_read(cell_controls, tmp_path):
     back = read_spillover_csv(out)
     assert back.detectors == ins.DETECTORS and np.abs(back.matrix - cell_controls.matrix).max() <= TOLERANCE
     assert (tmp_path / "ssm.csv").exists()
+    # every file it wrote is named (it said only the matrix)
+    assert res.output.strip().splitlines()[-1] == f"wrote {out}, {tmp_path / 'ssm.csv'}", res.output
 
 
 @pytest.mark.parametrize("option", ["-o", "--ssm", "--diagnostics"])

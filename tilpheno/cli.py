@@ -525,7 +525,7 @@ def compensate(
     typer.echo(f"{len(estimate.controls)} single-stain controls, negative reference: "
                f"{', '.join(sorted(set(estimate.controls['negative'])))}")
     typer.echo(estimate.spillover.to_dataframe().round(4).to_string())
-    typer.echo(f"wrote {out}")
+    typer.echo("wrote " + ", ".join(str(path) for path in (out, ssm, diagnostics) if path is not None))
 
 
 # --- process: gate every product of a folder, per-product reports, cohort tables ---
