@@ -109,6 +109,12 @@ def test_study_names_no_strategy_defines_are_refused(tmp_path, file, edit, messa
     line = text.split(edit[0])[0].count("\n") + 1   # the edited line, named in the message
     assert f"{file}:{line}: " in result.output, (line, result.output)
     assert not (tmp_path / "out").exists()
+    # scan, which reads the same study, refuses it too, with the same line (it listed the files as if all was well)
+    scanned = CliRunner().invoke(app, ["scan", str(NEWLAB / "fcs"), "--study", str(tmp_path / "study.yaml"),
+                                       "--panel", str(tmp_path / "panel.csv"), "-o", str(tmp_path / "manifest.csv")])
+    assert scanned.exit_code == 2, scanned.output
+    assert re.search(message, scanned.output) and f"{file}:{line}: " in scanned.output, scanned.output
+    assert not (tmp_path / "manifest.csv").exists()
 
 
 def test_unknown_study_lists_the_bundled_ones():

@@ -222,6 +222,8 @@ def scan(
     from tilpheno.gates.strategy import load_strategy
     from tilpheno.io.manifest import COLUMNS, read_manifest, scan_folder, ungated_fmo_markers
     from tilpheno.panel import read_panel_file
+    from tilpheno.pipeline.run import check_study_names
+    from tilpheno.release import DEFAULT_SPEC
     from tilpheno.pipeline.inputs import (listed_unfit, listed_unfit_stains, strategy_detectors, strategy_markers,
                                           unfit_stains)
     from tilpheno.study import load_study
@@ -235,6 +237,8 @@ def scan(
         config = load_study(study)
         overrides = read_panel_file(panel) if panel is not None else None
         strategies = [load_strategy(p) for p in config.strategy_paths]
+        # the study's names its strategies must define, refused as process refuses them (before any file is read)
+        check_study_names(config, strategies, config.release or DEFAULT_SPEC)
         kinds = (strategy_markers(strategies), strategy_detectors(strategies))
         if manifest is not None:
             frame = read_manifest(manifest, base=folder, study=config, markers=kinds[0], keep_missing=True,
