@@ -850,9 +850,7 @@ def fallback_outside_check(population: str, marker: str, placement: pl.Placement
                    f"of the parent's cells outside {reference}, with no prominent peak of the parent above it (few "
                    f"positives on the negatives' upper side, or their tail): the cut may lie among positives or "
                    f"negatives; look at the {marker} histogram of the parent outside {reference}")
-        return pl.Placement(placement.gate, placement.method, d,
-                            _joined_uncertain(placement.flags, population, marker, message))
-    if d.get("winner") == "outside_pooled":   # a log-normal fit's cut above it (placement._fit_lowered)
+    elif d.get("winner") == "outside_pooled":   # a log-normal fit's cut above it (placement._fit_lowered)
         set_aside = (f"; the skew carry's {float(d['skew_cut']):.3f} on the shift of {reference} set aside: the cells "
                      f"outside {reference}, stated {marker}-negative, raise the parent's mode by their spillover"
                      if "skew_lowered_points" in d else "")
@@ -864,9 +862,7 @@ def fallback_outside_check(population: str, marker: str, placement: pl.Placement
                    f"above it): the fit took positives next to their upper side for binding, and no valley sets the cut, "
                    f"so positives dimmer than the cut are missed and a binding tail heavier than normal is called "
                    f"positive; look at the {marker} histogram of the parent outside {reference}")
-        return pl.Placement(placement.gate, placement.method, d,
-                            _joined_uncertain(placement.flags, population, marker, message))
-    if d.get("winner") == "outside_mirror":
+    elif d.get("winner") == "outside_mirror":
         message = (f"the cut {cut:.3f} anchored on the unstained control was moved up from "
                    f"{float(d['outside_raised_from']):.3f} to the peak {float(d['outside_peak']):.3f} of the parent's "
                    f"cells outside {reference} mirrored about its lower side (their {float(d['percentile']):g}th percentile "
@@ -874,23 +870,22 @@ def fallback_outside_check(population: str, marker: str, placement: pl.Placement
                    f"no stained valley above that peak (a positive tail on their upper side), so positives dimmer than "
                    f"the cut are missed and a skewed upper side of theirs is called positive; look at the "
                    f"{marker} histogram of the parent outside {reference}")
-        return pl.Placement(placement.gate, placement.method, d,
-                            _joined_uncertain(placement.flags, population, marker, message))
-    if not pl.outside_inside(found):
+    elif not pl.outside_inside(found):
         return pl.Placement(placement.gate, placement.method, d, placement.flags)
-    valley = float(d.get("outside_cut", float("nan")))   # absent: no move read (a synthetic caller)
-    moved = (f" (moved up from {float(d['outside_raised_from']):.3f} to the stained valley above their peak "
-             f"{float(d['outside_peak']):.3f})" if d.get("winner") == "outside_valley" else
-             " (no stained valley above their peak)" if "outside_cut" in d and not math.isfinite(valley) else
-             f" (at or above the stained valley {valley:.3f} above their peak {float(d['outside_peak']):.3f})"
-             if math.isfinite(valley) else "")
-    message = (f"the cut {cut:.3f} anchored on the unstained control{moved} lies below the median "
-               f"{found['outside_median']:.3f} of the parent's cells outside {reference} ({found['outside_pct']:.0f}% of "
-               f"them above it, {_points(found['outside_points'], pl.OUTSIDE_POINTS, held)} of the parent), whose "
-               f"spillover into {marker} the control lacks: "
-               + ("most of them positive, which the strategy states they are not, or the valley inside their bulk"
-                  if math.isfinite(valley) else "positives likely over-called")
-               + f"; look at the {marker} histogram of the parent outside {reference}")
+    else:
+        valley = float(d.get("outside_cut", float("nan")))   # absent: no move read (a synthetic caller)
+        moved = (f" (moved up from {float(d['outside_raised_from']):.3f} to the stained valley above their peak "
+                 f"{float(d['outside_peak']):.3f})" if d.get("winner") == "outside_valley" else
+                 " (no stained valley above their peak)" if "outside_cut" in d and not math.isfinite(valley) else
+                 f" (at or above the stained valley {valley:.3f} above their peak {float(d['outside_peak']):.3f})"
+                 if math.isfinite(valley) else "")
+        message = (f"the cut {cut:.3f} anchored on the unstained control{moved} lies below the median "
+                   f"{found['outside_median']:.3f} of the parent's cells outside {reference} ({found['outside_pct']:.0f}% "
+                   f"of them above it, {_points(found['outside_points'], pl.OUTSIDE_POINTS, held)} of the parent), "
+                   f"whose spillover into {marker} the control lacks: "
+                   + ("most of them positive, which the strategy states they are not, or the valley inside their bulk"
+                      if math.isfinite(valley) else "positives likely over-called")
+                   + f"; look at the {marker} histogram of the parent outside {reference}")
     return pl.Placement(placement.gate, placement.method, d, _joined_uncertain(placement.flags, population, marker, message))
 
 
