@@ -625,8 +625,10 @@ print(r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime)
 """
 
 
-def _fault_probe(kind: str, at_once: int) -> list[tuple[float, float]]:
-    procs = [subprocess.Popen([sys.executable, "-c", FAULT_PROBE, kind], stdout=subprocess.PIPE, text=True)
+def _at_once(script: str, arg: str, at_once: int) -> list[tuple[float, float]]:
+    """``at_once`` copies of the probe ``script`` (``python -c``, one argument) started together: the two numbers
+    each prints."""
+    procs = [subprocess.Popen([sys.executable, "-c", script, arg], stdout=subprocess.PIPE, text=True)
              for _ in range(at_once)]
     return [tuple(float(x) for x in p.communicate()[0].split()) for p in procs]   # type: ignore[misc]
 
@@ -647,12 +649,7 @@ def spin_capacity(seconds: float = 3.0) -> dict:
     ``ratio`` = units of the two together / units alone (2.0 on two idle cores; what the hypervisor gives
     two busy vCPUs otherwise), ``cpu_share`` = CPU seconds per wall second of the two (below 1: time
     stolen)."""
-    def probe(at_once: int) -> list[tuple[float, float]]:
-        procs = [subprocess.Popen([sys.executable, "-c", SPIN_PROBE, str(seconds)], stdout=subprocess.PIPE, text=True)
-                 for _ in range(at_once)]
-        return [tuple(float(x) for x in p.communicate()[0].split()) for p in procs]   # type: ignore[misc]
-
-    alone, two = probe(1), probe(2)
+    alone, two = _at_once(SPIN_PROBE, str(seconds), 1), _at_once(SPIN_PROBE, str(seconds), 2)
     return {"alone": alone[0][0], "two": sum(u for u, _ in two), "ratio": sum(u for u, _ in two) / alone[0][0],
             "cpu_share": sum(c for _, c in two) / (2 * seconds)}
 
@@ -688,7 +685,7 @@ def contention(args) -> None:
         probe = {(kind, n): [] for kind in ("fresh", "written") for n in (1, 2)}
         for _ in range(args.rounds):
             for kind, n in probe:
-                probe[kind, n].extend(_fault_probe(kind, n))
+                probe[kind, n].extend(_at_once(FAULT_PROBE, kind, n))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     lines = ["| phase | alone: user / system s, faults (least; median) | two at once: user / system s, faults "
