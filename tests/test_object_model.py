@@ -22,7 +22,9 @@ GML = ROOT / "tests" / "data" / "gatingml"
 
 
 def test_readme_five_lines():
-    """The lines the README shows, run as written (from the repository root's files)."""
+    """The object model behind the README's five lines (the same calls on the repository root's files): the
+    summary's columns, the fallback flags, a gate's plot and diagnostics. tests/test_docs.py runs the README's
+    block itself, as written."""
     strategy = tp.GatingStrategy.from_yaml(tp.default_study().tubes["surface"].strategy)
     sample = tp.Sample.from_fcs(SAMPLE / "TIL001_surface_stain.fcs", strategy)
     result = tp.gate_sample(strategy, sample)   # no FMO controls: density fallback, flagged
