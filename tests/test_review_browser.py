@@ -58,15 +58,19 @@ SERVED: dict[str, object] = {}
 
 
 @contextmanager
-def serving(app):
+def serving(app, driver, port: int = 0):
     """``app`` on a threaded HTTP server at a free port of 127.0.0.1 that stops cleanly (`tilpheno
-    serve` uses waitress: test_review_cli): yields its base URL."""
+    serve` uses waitress: test_review_cli): yields its base URL (``port`` 0: a free one). ``driver``'s storage for that origin
+    is cleared first: the port may be one an earlier test's server had, and a draft that test left in
+    the browser's localStorage would be restored on this server's page (a preview, the plots and their
+    candidates drawn again under the test: stop 58's CI saw a candidate button go stale so)."""
     from werkzeug.serving import make_server
 
-    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    srv = make_server("127.0.0.1", port, app, threaded=True)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{srv.server_port}"
+    driver.execute_cdp_cmd("Storage.clearDataForOrigin", {"origin": base, "storageTypes": "local_storage"})
     SERVED[base] = app
     try:
         yield base
@@ -77,12 +81,12 @@ def serving(app):
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def server(request, review_out, review_source, tmp_path):
+def server(request, driver, review_out, review_source, tmp_path):
     from tilpheno.review.web import create_app
 
     url = database_url(request.param, tmp_path)
     service = make_service(review_out, url, review_source)
-    with serving(create_app(service)) as base:
+    with serving(create_app(service), driver) as base:
         yield service, base
     service.factory.kw["bind"].dispose()
     drop_schema(url)
@@ -364,7 +368,7 @@ def test_a_study_without_lymphocyte_gate_shows_no_empty_lymph_column(driver, tmp
     service = make_service(out, database_url("sqlite", tmp_path))
     pid = service.source.product_ids()[0]
     try:
-        with serving(create_app(service)) as base:
+        with serving(create_app(service), driver) as base:
             signed_in(driver, base, "alice")
             driver.get(f"{base}/products/{pid}")
             table = wait(driver, lambda d: d.find_element("id", "population-table"), "the population table")
@@ -423,7 +427,7 @@ def test_reloading_the_throttled_login_page_does_not_send_the_password_again(dri
         throttle.failed("127.0.0.1")
     caplog.set_level(logging.WARNING, logger="tilpheno.review.web")
     try:
-        with serving(app) as base:
+        with serving(app, driver) as base:
             driver.delete_all_cookies()
             driver.get(f"{base}/login")   # the form says so already (wait for the answer to the login, not this)
             assert "too many refused logins" in driver.find_element("id", "login-error").text
@@ -457,7 +461,7 @@ def test_a_request_the_server_does_not_answer_is_said_on_the_page(driver, review
 
     service = make_service(review_out, database_url("sqlite", tmp_path), review_source)
     try:
-        with serving(create_app(service)) as base:
+        with serving(create_app(service), driver) as base:
             open_product(driver, base)
             start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
             dragged_and_shown(driver, 40)
@@ -672,7 +676,7 @@ def test_a_flagged_product_says_its_runs_release_is_held_not_only_automatic_pass
     assert phen.loc[pid, "release_status"] == "not evaluable"
     service = make_service(flagged_out, database_url("sqlite", tmp_path))
     try:
-        with serving(create_app(service)) as base:
+        with serving(create_app(service), driver) as base:
             open_product(driver, base, pid=pid)
             status = wait(driver, lambda d: d.find_element("id", "release-status").text, "the release status")
             assert status == "draft release status: pass once these gates are approved (criteria on the automatic gates: pass)"
@@ -993,7 +997,7 @@ def test_a_gate_the_run_could_not_place_is_shown_with_its_flag(driver, review_ou
     monkeypatch.setattr(source, "automatic", without_cd4)
     url = database_url("sqlite", tmp_path)
     service = make_service(review_out, url, source)
-    with serving(create_app(service)) as base:
+    with serving(create_app(service), driver) as base:
         driver.get_log("browser")
         open_product(driver, base)
         first = wait(driver, lambda d: d.find_element("css selector", "#plots [data-plot]"), "the first plot")
@@ -1010,6 +1014,32 @@ def test_a_gate_the_run_could_not_place_is_shown_with_its_flag(driver, review_ou
         wait(driver, lambda d: d.find_element("css selector", '[data-handle="surface|CD3+|low-knob"]'), "the other plots")
         assert_no_script_errors(driver)
     service.factory.kw["bind"].dispose()
+
+
+def test_a_server_on_an_earlier_servers_port_restores_none_of_its_drafts(driver, review_out, review_source, tmp_path):
+    """Two review apps served one after the other on the same port of 127.0.0.1 are one origin to the
+    browser: a draft alice left on the first (a moved CD3 cut, kept in localStorage) must not be
+    restored on the second's product page (its database knows nothing of it, and a restored draft
+    re-draws the plots under a test's feet: stop 58's CI failed on a candidate button gone stale so).
+    :func:`serving` clears the origin's storage before it serves."""
+    from tilpheno.review.web import create_app
+
+    url = database_url("sqlite", tmp_path)
+    with serving(create_app(make_service(review_out, url, review_source)), driver) as base:
+        open_product(driver, base, "alice")
+        start = wait(driver, lambda d: draft_pct(d), "the CD3+ % label")
+        dragged_and_shown(driver, 40)
+        assert draft_pct(driver) != start
+        wait(driver, lambda d: kept_draft(d, "alice"), "alice's draft kept in the browser")
+    port = int(base.rsplit(":", 1)[1])
+    again = database_url("sqlite", tmp_path / "again")
+    (tmp_path / "again").mkdir()
+    with serving(create_app(make_service(review_out, again, review_source)), driver, port=port) as base:
+        open_product(driver, base, "alice")
+        assert wait(driver, lambda d: draft_pct(d), "the CD3+ % label") == start
+        time.sleep(1.0)   # a restored draft would have said so by now
+        assert "Restored" not in driver.find_element("id", "message").text
+        assert kept_draft(driver, "alice") is None
 
 
 def test_log_out_forgets_the_users_kept_drafts_but_not_anothers(driver, server):
@@ -1143,7 +1173,7 @@ def test_an_unstained_control_changed_since_the_run_is_said_on_the_page(driver, 
     service = make_service(out, url)
     driver.get_log("browser")
     try:
-        with serving(create_app(service)) as base:
+        with serving(create_app(service), driver) as base:
             open_product(driver, base)
             wait(driver, lambda d: d.find_element("css selector", '[data-candidate="surface|CD3+|automatic"]'),
                  "the suggested cuts")
@@ -1540,7 +1570,7 @@ def test_a_reviewer_accepts_the_held_positive_call(driver, undetermined_source, 
     service = make_service(undetermined_source.out_dir, url, undetermined_source)
     pid = "Specimen_001"
     try:
-        with serving(create_app(service)) as base:
+        with serving(create_app(service), driver) as base:
             open_product(driver, base, "alice", pid=pid)
             notice = wait(driver, lambda d: d.find_element("id", "undetermined-notice").text, "the undetermined notice")
             assert "tube025/CD3+" in notice and "tube025/CD4+" in notice and "release stays not evaluable" in notice, notice
@@ -1602,7 +1632,7 @@ def test_a_product_that_cannot_be_opened_names_its_release_spec_in_the_heading(d
     service = make_service(out, url)
     driver.get_log("browser")
     try:
-        with serving(create_app(service)) as base:
+        with serving(create_app(service), driver) as base:
             signed_in(driver, base, "alice")
             driver.get(base + f"/products/{PID}")
             message = wait(driver, lambda d: d.find_element("id", "message").text, "the refusal in the message bar")
@@ -1634,7 +1664,7 @@ def undetermined_page(driver, source, backend: str, tmp_path):
     url = database_url(backend, tmp_path)
     service = make_service(source.out_dir, url, source)
     try:
-        with serving(create_app(service)) as base:
+        with serving(create_app(service), driver) as base:
             open_product(driver, base, "alice", pid=UNDETERMINED_PID)
             yield service
     finally:
@@ -1875,7 +1905,7 @@ def test_the_product_list_says_a_product_was_re_run_after_signing(driver, tmp_pa
     run(overwrite=True, fmo_percentile=99.0)
     service = build_service(tmp_path / "out", url)
     try:
-        with serving(create_app(service)) as base:
+        with serving(create_app(service), driver) as base:
             signed_in(driver, base, "dave")
             driver.get(base + "/")
             counts = wait(driver, lambda d: " ".join(d.find_element("id", "run-counts").text.split()), "the product list")
