@@ -363,6 +363,7 @@ def analysis(args) -> None:
 def parallel(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="scale-par-"))
     runs: dict[str, list[dict]] = {}
+    spins: list[dict] = []
     try:
         halves = split_cohort(args.cohort, work / "halves")
         for r in range(args.rounds):
@@ -396,6 +397,8 @@ def parallel(args) -> None:
         lines.append(f"| {name} | {walls} s | {min(r['wall'] for r in rs):.1f} s | {cpu} s | {loads} |")
     lines.append(f"\n--jobs 2: **{one / min(r['wall'] for r in runs['--jobs 2']):.2f}x** --jobs 1 (least wall); outputs identical: {same_jobs}")
     lines.append(ceiling_line(runs["--jobs 1"], runs["--jobs 2"], runs[HALVES]))
+    lines.append("The machine, two pure-Python CPU loops at once / one alone (`spin_capacity`, each round): "
+                 + ", ".join(f"{c['ratio']:.2f}x (CPU per wall s {c['cpu_share']:.2f})" for c in spins))
     lines.append(f"Dask, LocalCluster of 2 single-threaded worker processes (preloaded): "
                  f"**{one / min(r['wall'] for r in runs['dask']):.2f}x** --jobs 1; outputs identical: {same_dask}")
     print("\n".join(lines))
