@@ -70,9 +70,12 @@ between runs of one invocation.
 - timeline: where a run's wall time goes: one ``process`` (``--jobs N``, or ``--executor dask``
   with ``--dask``) in a subprocess whose parent and workers log timestamps (process start, fork
   server started, manifest, run record, each worker started, each product's start and end in its
-  worker, cohort tables, ``run.json``, exit), printed as a timeline and summed up:
-  the serial head (start to the first product), the products, the time one worker sat idle while
-  another still ran (imbalance), the serial tail (last product to exit).
+  worker, cohort tables, ``run.json``, exit; with ``--jobs N`` the fork server's preload, through
+  ``timeline_preload``), each with the CPU seconds its process had used, printed as a timeline and
+  summed up: the serial head (start to the first product) and its two branches (the fork server's
+  preload; the parent's command line, manifest and run record up to its jobs ready), the
+  products, the time one worker sat idle while another still ran (imbalance), the serial tail
+  (last product to exit).
 - contention: why two processes at once fall short of 2x. Each round runs the cohort's two halves
   (as ``parallel``'s ceiling does) one after the other, then both at once, each a ``--jobs 1`` process
   that logs its own CPU (user, system; ``getrusage``) and minor page faults at its start, before and
@@ -419,12 +422,17 @@ def ceiling_line(one: list[dict], two: list[dict], halves: list[dict]) -> str:
 
 
 TIMELINE_LOG = "TILPHENO_BENCH_TIMELINE"   # environment variable: the file the traced run appends its events to
+PRELOAD_MODULES = "TILPHENO_BENCH_PRELOAD"   # environment variable: the traced run's fork server preload (timeline_preload)
 
 
 def _event(what: str) -> None:
-    """Append ``<unix time> <pid> <what>`` to the timeline file (parent and workers alike)."""
+    """Append ``<unix time> <pid> <CPU s of this process> <what>`` to the timeline file (parent,
+    fork server and workers alike)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
     with open(os.environ[TIMELINE_LOG], "a") as fh:
-        fh.write(f"{time.time():.3f} {os.getpid()} {what}\n")
+        fh.write(f"{time.time():.3f} {os.getpid()} {r.ru_utime + r.ru_stime:.3f} {what}\n")
 
 
 def traced_run_product(job):
@@ -458,7 +466,8 @@ def _trace_the_run() -> None:
     import tilpheno.pipeline.run as run
 
     executors.run_product = traced_run_product   # pickled by reference: the workers run the traced one
-    for owner, name in [(run, "load_manifest"), (run, "start_run_record"), (pool.WorkerPool, "_start"),
+    for owner, name in [(run, "load_manifest"), (run, "start_run_record"), (executors, "largest_first"),
+                        (pool.WorkerPool, "_start"),
                         (executors, "_check_scheduler"), (executors, "_wait_for_a_worker"),
                         (executors, "_check_workers_code"), (executors, "_check_workers_see"),
                         (outputs, "_tables"), (outputs, "_write_populations"), (outputs, "write_run_record")]:
@@ -484,10 +493,20 @@ def traced_cli(argv: list[str]) -> None:
     """``tilpheno`` + ``argv`` in this process, as the ``tilpheno`` script runs it (``tilpheno.launch.main``;
     ``tilpheno.cli.main`` in a tree without it), its steps and its workers' products logged. The
     pipeline's modules are imported for the tracing only once the fork server has started (or at
-    once, when the command starts none), so the run's head is the command's own."""
+    once, when the command starts none), so the run's head is the command's own. The fork server
+    imports its preload through ``timeline_preload``, which logs its start and end."""
+    from multiprocessing import forkserver
+
     import tilpheno.pipeline.pool as pool
 
     _event("parent python started")
+    set_preload = forkserver.set_forkserver_preload
+
+    def traced_preload(names: list[str]) -> None:   # the tree's pool_context names the modules; the server inherits this
+        os.environ[PRELOAD_MODULES] = ",".join(names)
+        set_preload(["timeline_preload"])
+
+    forkserver.set_forkserver_preload = traced_preload
     start_fork_server = pool.start_fork_server
     server = "--jobs" in argv and argv[argv.index("--jobs") + 1] != "1"
     if not server:   # nothing to wait for: traced at once
@@ -529,15 +548,18 @@ def timeline(args) -> None:
     finally:
         if cluster is not None:
             cluster.close()
-    events = sorted((float(t), pid, what.strip()) for t, pid, what in
-                    (line.split(None, 2) for line in log_path.read_text().splitlines()))
+    events = sorted((float(t), pid, float(cpu), what.strip()) for t, pid, cpu, what in
+                    (line.split(None, 3) for line in log_path.read_text().splitlines()))
     shutil.rmtree(work, ignore_errors=True)
     names: dict[str, str] = {}
     parent = events[0][1]
-    for _, pid, _ in events:
-        names.setdefault(pid, "parent" if pid == parent else f"worker {len(names)}")
-    for t, pid, what in events:
-        print(f"{t - t0:7.2f} s  {names[pid]:<9} {what}")
+    for _, pid, _, what in events:
+        names.setdefault(pid, "parent" if pid == parent else "server" if what.startswith("fork server")
+                         else f"worker {sum(n.startswith('worker') for n in names.values()) + 1}")
+    for t, pid, cpu, what in events:
+        print(f"{t - t0:7.2f} s  {names[pid]:<9} {what}  (its CPU {cpu:.2f} s)")
+    print(head_line(events, t0))
+    events = [(t, pid, what) for t, pid, _, what in events]
     starts = {w.split()[1]: t for t, _, w in events if w.startswith("product ") and w.endswith(" start")}
     ends = {w.split()[1]: (t, pid) for t, pid, w in events if w.startswith("product ") and w.endswith(" end")}
     exit_t = max(t for t, _, w in events if w == "parent exit")
@@ -554,6 +576,23 @@ def timeline(args) -> None:
           f"serial head (start to the first product) {first - t0:.1f} s; products {last - first:.1f} s "
           f"({busy:.1f} s summed over products); workers idle while another still ran {idle:.1f} s; "
           f"serial tail (last product to exit) {exit_t - last:.1f} s")
+
+
+def head_line(events: list[tuple[float, str, float, str]], t0: float) -> str:
+    """The serial head's two branches from a timeline's events ``(time, pid, CPU s, what)``: when the
+    fork server's preload ended (and its CPU), and when the parent had its jobs ready (and its CPU:
+    ``executors.largest_first``, called just before ``--jobs N`` starts its workers, and before a
+    Dask run checks its cluster and hands the jobs to it); with ``--jobs N`` the later of the two
+    is the head's critical path."""
+    parts = []
+    server = [(t, cpu) for t, _, cpu, w in events if w == "fork server preload end"]
+    if server:
+        start = min(t for t, _, _, w in events if w == "fork server preload start")
+        parts.append(f"fork server's preload {start - t0:.2f}-{server[0][0] - t0:.2f} s ({server[0][1]:.2f} s of its CPU)")
+    handed = [(t, cpu) for t, _, cpu, w in events if w == "parent largest_first start"]
+    if handed:
+        parts.append(f"the parent had its jobs ready at {handed[0][0] - t0:.2f} s ({handed[0][1]:.2f} s of its CPU)")
+    return "head: " + "; ".join(parts) if parts else "head: no jobs to hand out (the parent runs the products itself)"
 
 
 CONTENTION_LOG = "TILPHENO_BENCH_CONTENTION"   # environment variable: the file a logged run appends its usage to
