@@ -137,11 +137,10 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     Where the strategy states the parent's cells outside
     the ``skew_reference`` marker-negative (``outside_cells: negative``) such a cut lying inside their bulk is moved
     up inside the placement too, to the parent's first valley above their negative peak (winner ``outside_valley``,
-    ``placement.outside_valley``; without a valley to their peak mirrored about its lower side, winner
-    ``outside_mirror``, ``placement.outside_mirror``, which the outside check always flags: no valley tells their
-    positives from their upper side; stop 55; a log-normal fit's cut above the parent's negatives read on their lower
-    sides moves down to them, winner ``outside_pooled``, ``placement.pooled_lower_sides``, always flagged too; stop
-    58), and the engine (``phenotype._TubeKindRun._on_unstained``) flags a cut
+    ``placement.outside_valley``; with a shallow valley or none, to the parent's negatives read on their lower sides,
+    winner ``outside_pooled``, ``placement.pooled_lower_sides``, which the outside check always flags: no valley
+    tells their positives from their upper side; stops 55 and 59; a log-normal fit's cut above those negatives moves
+    down to them, winner ``outside_pooled`` too; stop 58), and the engine (``phenotype._TubeKindRun._on_unstained``) flags a cut
     still there:
     when more than ``placement.OUTSIDE_SHARE`` (50) % of them, and more than ``placement.OUTSIDE_POINTS`` (1.5)
     points of the parent, lie above it (``outside_pct``, ``outside_median``, ``outside_points``:
@@ -237,8 +236,8 @@ the FMO, the control's percentile carried with the ``skew_reference``'s right sk
 the cut when it won, winner ``skew_carry``), NaN otherwise. ``outside_cut``: such a cut that lay inside the bulk of
 the parent's cells outside the ``skew_reference`` stated marker-negative (``outside_cells: negative``), the parent's
 first valley above their negative peak (``placement.outside_valley``; NaN when none was found or the cut lay below
-less than half of them), and ``outside_raised_from`` the rule's cut it replaced where it won (winner
-``outside_valley``), NaN otherwise. ``reading_verdict``: on a gate
+less than half of them), and ``outside_raised_from`` the rule's cut it replaced where a move up won (winner
+``outside_valley``, or ``outside_pooled`` with a shallow valley or none), NaN otherwise. ``reading_verdict``: on a gate
 whose cut carries a shared reference reading, each gate carrying it where a check that judges the reading fired, its
 checks and their sizes (``tilpheno.gates.shared_reading.reading_verdicts``, set by the engine once every threshold
 is placed; '' otherwise)."""
@@ -563,9 +562,8 @@ def place_and_check(
                                     f"shifted beyond reach and the cut several points off; look at the {marker} histogram of the "
                                     f"parent, stained vs {control_name}"))
         low, high = float(d.get("relative_low", float("nan"))), float(d.get("relative_high", float("nan")))
-        # a valley, or the outside cells' own lower side mirrored or the parent's lower sides pooled, is the stained
-        # data's own: judged by the outside check
-        extrapolated = d.get("winner") not in ("stained_valley", "outside_valley", "outside_mirror", "outside_pooled")
+        # a valley, or the parent's lower sides pooled, is the stained data's own: judged by the outside check
+        extrapolated = d.get("winner") not in ("stained_valley", "outside_valley", "outside_pooled")
         uncertain = False
         if extrapolated and math.isfinite(low) and math.isfinite(high):
             d["bracket_points"] = _points_between(stained, low, high)
@@ -837,10 +835,11 @@ def fallback_outside_check(population: str, marker: str, placement: pl.Placement
     valley above their negative peak, or was moved and still has most of them above it (most of them positive, as
     the strategy says they are not, or the valley inside their bulk). A cut moved to a valley no prominent peak of
     the parent follows (``outside_prominent`` false: the positives a shoulder) is flagged too, and so is every cut
-    moved to their peak mirrored about its lower side (winner ``outside_mirror``: no valley at all above their
-    peak, their positives a tail; stop 55), and every log-normal fit's cut moved down to the parent's negatives read on
-    their lower sides (winner ``outside_pooled``, ``placement.pooled_lower_sides``: normal groups, whose shape the
-    binding need not have; stop 58). ``held``: as :func:`place_and_check`'s."""
+    moved to the parent's negatives read on their lower sides (winner ``outside_pooled``,
+    ``placement.pooled_lower_sides``: normal groups, whose shape the binding need not have), up from a cut inside
+    their bulk with such a shallow valley or none at all above their peak (their positives a shoulder or a tail;
+    stop 59, stop 55's mirror before it), or down from a log-normal fit's cut (stop 58). ``held``: as
+    :func:`place_and_check`'s."""
     cut = float(placement.diagnostics["threshold"])
     found = pl.outside_reading(stained, outside, cut)
     d = {**placement.diagnostics, **found}
@@ -850,6 +849,18 @@ def fallback_outside_check(population: str, marker: str, placement: pl.Placement
                    f"of the parent's cells outside {reference}, with no prominent peak of the parent above it (few "
                    f"positives on the negatives' upper side, or their tail): the cut may lie among positives or "
                    f"negatives; look at the {marker} histogram of the parent outside {reference}")
+    elif d.get("winner") == "outside_pooled" and "outside_raised_from" in d:   # placement._outside_moved
+        valley = float(d["outside_cut"])
+        message = (f"the cut {cut:.3f} anchored on the unstained control was moved up from "
+                   f"{float(d['outside_raised_from']):.3f} to the {float(d['percentile']):g}th percentile of the parent's "
+                   f"negatives read on their lower sides (normal about the peaks {float(d['pooled_inside_peak']):.3f} of "
+                   f"its cells in {reference} and {float(d['pooled_outside_peak']):.3f} of those outside it; "
+                   f"{found['outside_pct']:.1f}% of the latter above it): "
+                   + (f"the stained valley {valley:.3f} above their peak is a shallow one, with no prominent peak of the "
+                      f"parent above it" if math.isfinite(valley) else "no stained valley above their peak")
+                   + f" (a positive shoulder or tail on their upper side), so positives dimmer than the cut are missed "
+                   f"and a binding tail heavier than normal is called positive; look at the {marker} histogram of the "
+                   f"parent outside {reference}")
     elif d.get("winner") == "outside_pooled":   # a log-normal fit's cut above it (placement._fit_lowered)
         set_aside = (f"; the skew carry's {float(d['skew_cut']):.3f} on the shift of {reference} set aside: the cells "
                      f"outside {reference}, stated {marker}-negative, raise the parent's mode by their spillover"
@@ -862,14 +873,6 @@ def fallback_outside_check(population: str, marker: str, placement: pl.Placement
                    f"above it): the fit took positives next to their upper side for binding, and no valley sets the cut, "
                    f"so positives dimmer than the cut are missed and a binding tail heavier than normal is called "
                    f"positive; look at the {marker} histogram of the parent outside {reference}")
-    elif d.get("winner") == "outside_mirror":
-        message = (f"the cut {cut:.3f} anchored on the unstained control was moved up from "
-                   f"{float(d['outside_raised_from']):.3f} to the peak {float(d['outside_peak']):.3f} of the parent's "
-                   f"cells outside {reference} mirrored about its lower side (their {float(d['percentile']):g}th percentile "
-                   f"were their negatives symmetric; {found['outside_pct']:.1f}% of them above it): "
-                   f"no stained valley above that peak (a positive tail on their upper side), so positives dimmer than "
-                   f"the cut are missed and a skewed upper side of theirs is called positive; look at the "
-                   f"{marker} histogram of the parent outside {reference}")
     elif not pl.outside_inside(found):
         return pl.Placement(placement.gate, placement.method, d, placement.flags)
     else:

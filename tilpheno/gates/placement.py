@@ -1919,22 +1919,6 @@ def outside_peak(density: Density, outside: np.ndarray, bandwidth: float) -> flo
     return float(own.grid[low[0]]) if low.size else None
 
 
-def outside_mirror(outside: np.ndarray, peak: float, percentile: float) -> float:
-    """The ``percentile`` of the negatives of the parent's cells outside the ``skew_reference`` read on their lower
-    side alone, mirrored about their negative peak (:func:`outside_peak`; transformed units): ``2 x peak - x_(k)``,
-    x_(k) the k-th lowest of their events below the peak, k = (100 - ``percentile``) % of twice their number (a
-    negative peak symmetric about its mode holds twice the events below it). Their positives (CD56: CD8+ NKT, and
-    NK cells that spill into the gate) all lie above the peak, so the lower side reads the negatives' spread alone:
-    the cut where no stained valley separates a positive tail from their upper side (:func:`outside_valley` None).
-    NaN with fewer than 20 events below the peak."""
-    x = np.asarray(outside, dtype=np.float64)
-    below = np.sort(x[np.isfinite(x) & (x < peak)])
-    if below.size < 20:
-        return float("nan")
-    k = min(int((100.0 - percentile) / 100.0 * 2 * below.size), below.size - 1)
-    return float(2.0 * peak - below[k])
-
-
 ONE_SD_BELOW = float(ndtr(-1.0))
 """Share of a normal population lying more than one SD below its mean (0.1587): :func:`lower_side_sd` reads a
 group's SD at this share of it below its peak."""
@@ -1944,8 +1928,8 @@ def lower_side_sd(values: np.ndarray, peak: float) -> float:
     """The SD of a group's negatives read on their lower side alone (transformed units): ``peak - x_(k)``, x_(k) the
     k-th lowest of its finite events below ``peak``, k = :data:`ONE_SD_BELOW` x twice their number (a normal symmetric
     about its mode holds twice the events below it, 15.87 % of them more than one SD below). Positives all lie above
-    the peak, so they do not widen it; unlike :func:`outside_mirror`'s extreme order statistic it rests on the
-    group's bulk, not on its few lowest events. NaN with fewer than 20 events below the peak."""
+    the peak, so they do not widen it; unlike the extreme order statistic of stop 55's mirror (``2 x peak - x_(k)``,
+    k = 0.5 % of twice the events below the peak) it rests on the group's bulk, not on its few lowest events. NaN with fewer than 20 events below the peak."""
     x = np.asarray(values, dtype=np.float64)
     below = np.sort(x[np.isfinite(x) & (x < peak)])
     if below.size < 20:
@@ -2303,17 +2287,20 @@ def place_fmo_anchored(
     cut it replaced, ``outside_cut`` the valley (recorded whenever the cut lay inside their bulk; NaN when no valley
     was found and the cut stayed), ``outside_peak`` their negative peak, ``outside_prominent`` whether a prominent
     peak of the parent follows the valley, ``outside_moved_points`` (% of the stained parent between the two cuts).
-    Without a valley above their peak the cut moves up to that peak mirrored about its lower side instead
-    (:func:`outside_mirror`, winner ``outside_mirror``, ``outside_mirror`` recorded; stop 55). A log-normal fit's
+    Where no prominent peak of the parent follows the valley, or no valley lies above their peak (their positives a
+    shoulder or a tail on their upper side: no valley tells them from the negatives), the cut moves up to the
+    parent's negatives read on their lower sides instead (:func:`pooled_lower_sides` of ``inside_values``, the
+    parent's events inside the ``skew_reference``, and ``outside_values``), where that lies above it: winner
+    ``outside_pooled``, ``pooled_cut``, the groups' peaks and SDs as ``pooled_inside_peak`` etc. (stop 59; stop 55
+    moved a cut with no valley to their peak mirrored about its lower side, stop 54 to the shallow valley, both
+    above the parent's negatives' percentile: NKT under-called by up to 4 points). A log-normal fit's
     cut (``width_side: fit``, ``fit_log_sd`` > 0; the fit's share grows with its cut and climbs past the positives
     next to the outside cells' upper side) above the parent's negatives read on their lower sides moves down to that
-    cut (:func:`pooled_lower_sides` of ``inside_values``, the parent's events inside the ``skew_reference``, and
-    ``outside_values``: winner ``outside_pooled``, ``pooled_cut``, ``outside_lowered_from`` the fit's cut, the groups'
-    peaks and SDs as ``pooled_inside_peak`` etc.; stop 58, before it the outside cells' peak mirrored, whose extreme lower
-    order statistic under-called NKT under heavy CD56 binding). So does a fit's cut the skew carry lowered (its
-    ``skew_lowered_points``): the carry took the reference's shift for the parent's own as pulled up by dim
-    positives, but the strategy states the cells outside the reference negative, and their spillover is what
-    raises the parent's mode (NKT over-called by up to 3.5 points under heavy CD56 binding, stop 58).
+    cut (winner ``outside_pooled``, ``outside_lowered_from`` the fit's cut; stop 58, before it the outside cells'
+    peak mirrored, whose extreme lower order statistic under-called NKT under heavy CD56 binding). So does a fit's
+    cut the skew carry lowered (its ``skew_lowered_points``): the carry took the reference's shift for the parent's
+    own as pulled up by dim positives, but the strategy states the cells outside the reference negative, and their
+    spillover is what raises the parent's mode (NKT over-called by up to 3.5 points under heavy CD56 binding, stop 58).
     """
     if rule not in FMO_RULES:
         raise GatingError(f"FMO gate on {dim!r}: rule must be one of {FMO_RULES}, got {rule!r}")
@@ -2470,13 +2457,14 @@ def _outside_moved(density: Density, stained: np.ndarray, outside: np.ndarray, i
                    min_prominence: float, percentile: float, winner: str, cut: float, diagnostics: dict[str, Any],
                    ) -> tuple[str, float]:
     """:func:`place_fmo_anchored`'s ``outside_values`` move: (winner, cut), when ``cut`` lies inside the bulk of the
-    cells ``outside`` the reference (:func:`outside_inside`) moved up to :func:`outside_valley` where that valley lies
-    above it, or, with no valley above their negative peak (a positive tail with no local minimum on their upper
-    side), to :func:`outside_mirror` (their ``percentile`` read on their lower side) where that lies above it;
-    otherwise a log-normal fit's cut above the parent's negatives read on their lower sides moved down to them
-    (:func:`_fit_lowered`; ``inside``: the parent's events inside the reference). What it found recorded in
-    ``diagnostics`` (``outside_cut``, ``outside_peak``, ``outside_prominent``, ``outside_mirror``,
-    ``outside_raised_from``, ``outside_moved_points``: % of the stained parent between the two cuts)."""
+    cells ``outside`` the reference (:func:`outside_inside`) moved up to :func:`outside_valley` where a prominent peak
+    of the parent follows that valley, or, with a shallow valley or none above their negative peak (their positives
+    a shoulder or a tail on their upper side), to the parent's negatives read on their lower sides
+    (:func:`pooled_lower_sides` of ``inside``, the parent's events inside the reference, and ``outside``; winner
+    ``outside_pooled``), each where it lies above ``cut`` (the shallow valley where the pooled cut does not);
+    otherwise a log-normal fit's cut above those negatives moved down to them (:func:`_fit_lowered`). What it found
+    recorded in ``diagnostics`` (``outside_cut``, ``outside_peak``, ``outside_prominent``, ``outside_raised_from``,
+    ``outside_moved_points``: % of the stained parent between the two cuts, and :func:`_pooled_recorded`'s)."""
     if not outside_inside(outside_reading(stained, outside, cut)):
         return _fit_lowered(density, stained, (inside, outside), bandwidth, percentile, winner, cut, diagnostics)
     peak = outside_peak(density, outside, bandwidth)
@@ -2484,16 +2472,25 @@ def _outside_moved(density: Density, stained: np.ndarray, outside: np.ndarray, i
     valley, prominent = found if found is not None else (float("nan"), False)
     diagnostics.update(outside_cut=valley, outside_peak=float("nan") if peak is None else peak,
                        outside_prominent=prominent)
-    moved, to = winner, valley
-    if found is None and peak is not None:   # no valley: the negatives' lower side mirrored about their peak
-        moved, to = "outside_mirror", outside_mirror(outside, peak, percentile)
-        diagnostics["outside_mirror"] = to
-    elif found is not None:
-        moved = "outside_valley"
+    moved, to = ("outside_valley", valley) if found is not None else (winner, float("nan"))
+    if peak is not None and not prominent:   # a shallow valley or none: no valley tells positives from negatives
+        pooled, read = pooled_lower_sides(density, (inside, outside), bandwidth, percentile)
+        if pooled > cut:   # NaN: no group read
+            _pooled_recorded(diagnostics, pooled, read)
+            moved, to = "outside_pooled", pooled
     if not to > cut:   # none found (NaN), or not above: the cut stays and the outside check flags it
         return winner, cut
     diagnostics.update(outside_raised_from=cut, outside_moved_points=points_between(stained, cut, to))
     return moved, to
+
+
+def _pooled_recorded(diagnostics: dict[str, Any], pooled: float, read: list[tuple[float, float, int]]) -> None:
+    """Record a cut moved to :func:`pooled_lower_sides` (``pooled``; ``read``: the two groups' (peak, SD, events),
+    inside the reference and outside it) in ``diagnostics``: ``pooled_cut``, ``pooled_inside_peak``,
+    ``pooled_inside_sd``, ``pooled_outside_peak``, ``pooled_outside_sd`` (transformed units)."""
+    (inside_peak, inside_sd, _), (outside_peak_, outside_sd, _) = read
+    diagnostics.update(pooled_cut=pooled, pooled_inside_peak=inside_peak, pooled_inside_sd=inside_sd,
+                       pooled_outside_peak=outside_peak_, pooled_outside_sd=outside_sd)
 
 
 def _fit_lowered(density: Density, stained: np.ndarray, groups: tuple[np.ndarray, ...], bandwidth: float,
@@ -2501,10 +2498,9 @@ def _fit_lowered(density: Density, stained: np.ndarray, groups: tuple[np.ndarray
     """:func:`_outside_moved`'s downward move: a log-normal fit's cut (``fit_log_sd`` > 0; winner ``fmo_relative``, or
     ``skew_carry`` where the skew carry lowered it, ``skew_lowered_points``: its ``skew_raised_from``) above the
     parent's negatives read on their lower sides (:func:`pooled_lower_sides` of ``groups``, the parent's events
-    inside and outside the reference) moved down to them: winner ``outside_pooled``, ``pooled_cut``, each group's
-    ``pooled_inside_peak``/``pooled_inside_sd`` and ``pooled_outside_peak``/``pooled_outside_sd``,
-    ``outside_lowered_from`` the fit's cut, ``outside_moved_points`` the % of the stained parent between the two; any
-    other cut unchanged."""
+    inside and outside the reference) moved down to them: winner ``outside_pooled``, :func:`_pooled_recorded`'s
+    numbers, ``outside_lowered_from`` the fit's cut, ``outside_moved_points`` the % of the stained parent between
+    the two; any other cut unchanged."""
     skew_lowered = winner == "skew_carry" and "skew_lowered_points" in diagnostics
     if not (winner == "fmo_relative" or skew_lowered) or not diagnostics.get("fit_log_sd", 0.0) > 0:
         return winner, cut
@@ -2512,10 +2508,8 @@ def _fit_lowered(density: Density, stained: np.ndarray, groups: tuple[np.ndarray
     pooled, read = pooled_lower_sides(density, groups, bandwidth, percentile)
     if not pooled < fit_cut:   # NaN: no group read
         return winner, cut
-    (inside_peak, inside_sd, _), (outside_peak_, outside_sd, _) = read
-    diagnostics.update(pooled_cut=pooled, pooled_inside_peak=inside_peak, pooled_inside_sd=inside_sd,
-                       pooled_outside_peak=outside_peak_, pooled_outside_sd=outside_sd, outside_lowered_from=fit_cut,
-                       outside_moved_points=points_between(stained, pooled, fit_cut))
+    _pooled_recorded(diagnostics, pooled, read)
+    diagnostics.update(outside_lowered_from=fit_cut, outside_moved_points=points_between(stained, pooled, fit_cut))
     return "outside_pooled", pooled
 
 

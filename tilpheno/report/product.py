@@ -339,7 +339,6 @@ def threshold_note(row, unstained: bool, percentile: float) -> str:
     rule = {"stained_valley": "stained valley", "fmo_relative": f"{'control' if unstained else 'FMO'} pct carried over",
             "skew_carry": "control pct carried over with the reference's skew",
             "outside_valley": "stained valley above the cells outside the reference",
-            "outside_mirror": "the cells outside the reference: their peak mirrored about its lower side",
             "outside_pooled": "the parent's negatives read on their lower sides, in and outside the reference"}
     clamped = " (clamped to the stained data)" if math.isfinite(float(getattr(row, "unclamped_threshold", "nan"))) else ""
     return f"threshold: {rule.get(winner, f'{percentile:g}th pct of ' + ('unstained control' if unstained else 'FMO'))}{clamped}"
