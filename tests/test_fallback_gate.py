@@ -476,8 +476,10 @@ def _cd56_parent(rng: np.random.Generator, cd8_negatives: int, cd8_positives: in
 def test_the_outside_valley_lies_above_the_negative_peak_of_the_cells_outside_the_reference_however_many_are_positive():
     """``place_fmo_anchored``'s ``outside_values`` on synthetic events with a known truth (the label positives):
     the stained valley between the control-like CD8- cells and the spilled CD8+ T cells wins without it (the
-    parent's CD8+ T cells called positive); with it the cut moves to the valley above the CD8+ T cells' negative peak,
-    within 1 point of the truth, and the outside check says nothing. The hard case: a CD8-rich parent whose CD8+
+    parent's CD8+ T cells called positive); with it the cut moves up to the parent's negatives read on their lower
+    sides (stop 59, ``placement.pooled_lower_sides``; the cells outside the reference alone here), below the valley
+    above the CD8+ T cells' negative peak (a prominent peak of the NKT follows it), both within 1 point of the truth,
+    and the outside check says nothing. The hard case: a CD8-rich parent whose CD8+
     cells are mostly NKT (5,000 of 8,000): their median lies among the NKT, above the valley the move reads
     (``outside_cut``, the valley above their negative peak, the lowest peak of their own density: within 1 point of
     the truth), the cut within 1 point whichever rule set it (the stained valley, already there, is kept), and the
@@ -500,7 +502,10 @@ def test_the_outside_valley_lies_above_the_negative_peak_of_the_cells_outside_th
             assert np.median(outside) > d["outside_cut"] + 0.05, (np.median(outside), d["outside_cut"])
         else:   # the stained valley below the CD8+ T cells won without the outside cells, and was moved
             assert plain["winner"] == "stained_valley" and 100.0 * np.mean(parent > plain["threshold"]) - truth > 15, plain
-            assert d["winner"] == "outside_valley" and d["outside_raised_from"] == pytest.approx(plain["threshold"], abs=1e-12)
+            assert d["winner"] == "outside_pooled" and d["outside_prominent"], d
+            assert d["threshold"] == pytest.approx(d["pooled_cut"], abs=1e-12), d
+            assert plain["threshold"] < d["threshold"] < d["outside_cut"], d
+            assert d["outside_raised_from"] == pytest.approx(plain["threshold"], abs=1e-12)
             moved = 100.0 * np.count_nonzero((parent > plain["threshold"]) & (parent <= d["threshold"])) / parent.size
             assert d["outside_moved_points"] == pytest.approx(moved, abs=1e-9)
         checked = fallback_outside_check("CD56+", "CD56", placement, parent, outside, "not_CD8")
@@ -594,6 +599,30 @@ def test_a_cut_with_a_shallow_valley_or_none_above_the_cells_outside_the_referen
         message = flags["CD56+", "fallback_gate"].message
         assert (f"the cut was moved up from {before:.4g} to the 99.5th percentile of the parent's negatives read on their "
                 f"lower sides" in message and f"{fewer:.1f} points of the parent fewer called positive" in message), message
+
+
+def test_a_cut_moved_up_below_a_prominent_valley_takes_the_pooled_lower_sides_unflagged(tmp_path):
+    """Issue 13, stop 59 (cd56u_59): without its CD56 FMO, a cut inside the CD8+ T cells' bulk moved up to the valley
+    above their negative peak, a prominent peak of the NKT following it (stop 54), misses the dim NKT below the
+    valley: development seed 187049 NKT -1.21 points, the valley 0.551, 0.035 above the 99.5th percentile of the
+    parent's label negatives (unflagged: within 2). -> the cut moves up to the parent's negatives read on their lower
+    sides (``placement.pooled_lower_sides``) where that lies below the valley: winner ``outside_pooled`` with
+    ``outside_prominent`` true and ``outside_cut`` the valley above it, the cut within 0.02 (transformed units) of
+    the label negatives' 99.5th percentile, NK and NKT within 2 points of the label truth, and no
+    ``uncertain_threshold`` (the prominent valley bounds the cut from above as it bounded the valley's own;
+    ``fallback_gate`` says where it moved from, below which valley)."""
+    prod, result, stained, flags = _without_fmo(tmp_path, 187049, 20000, "CD56", ["CD56+"], unstained=True)
+    d = stained.diagnostics["CD56+"]
+    assert d["winner"] == "outside_pooled" and d["outside_prominent"], d
+    cut, valley = float(d["threshold"]), float(d["outside_cut"])
+    assert float(d["outside_raised_from"]) < cut == pytest.approx(d["pooled_cut"], abs=1e-12) and cut < valley, d
+    live_lymph, values = stained.masks["live_lymph"], stained.data["CD56"]
+    negatives = values[live_lymph & ~prod.tube("surface", "stain").data.labels["cd56"]]
+    assert abs(cut - float(np.percentile(negatives, 99.5))) < 0.02, (cut, np.percentile(negatives, 99.5))
+    for variable in ("nk_pct_of_live_lymph", "nkt_pct_of_live_lymph"):
+        assert abs(result.phenotype[variable] - prod.truth[variable]) < 2, (variable, result.phenotype[variable])
+    assert ("CD56+", "uncertain_threshold") not in flags, flags["CD56+", "uncertain_threshold"].message
+    assert f"below the stained valley {valley:.4g} above the peak" in flags["CD56+", "fallback_gate"].message
 
 
 def test_the_outside_check_runs_only_where_the_strategy_states_the_outside_cells_negative(tmp_path):

@@ -21,9 +21,10 @@ controls) go down the strategy's population tree together, population by populat
   ``skew_reference`` shows and the control lacks where that lies above, winner ``skew_carry``), flagged
   ``missing_fmo`` and ``fallback_gate``; where the strategy states the parent's cells outside that reference
   marker-negative, a cut inside their bulk (their spillover the control lacks too) is moved up to the parent's
-  first valley above their negative peak (winner ``outside_valley``; with a shallow valley or none, to the
-  parent's negatives read on their lower sides, its cells in and outside the reference, winner ``outside_pooled``,
-  always flagged; a log-normal fit's cut above those negatives moves down to them, ``outside_pooled`` too)
+  first valley above their negative peak (winner ``outside_valley``), or to the parent's negatives read on their
+  lower sides, its cells in and outside the reference, where those lie lower or the valley is shallow or missing
+  (winner ``outside_pooled``, flagged but below a prominent valley; a log-normal fit's cut above those negatives
+  moves down to them, ``outside_pooled`` too, flagged)
   and ``uncertain_threshold`` flags a cut still
   below their median (``checks.fallback_outside_check``); without a usable
   one it falls back to the density valley on the stained tube's parent events, with those flags and
@@ -957,15 +958,17 @@ class _Threshold:
 def _pooled_note(d: dict[str, Any], reference: str, marker: str, held: tuple[str, ...]) -> str:
     """``fallback_gate``'s words on a cut moved to the parent's negatives read on their lower sides, its cells in
     ``reference`` and those outside it (winner ``outside_pooled``, ``placement.pooled_lower_sides``): up from a cut
-    inside the bulk of those outside it, with a shallow valley or none above their peak (``outside_raised_from``;
-    stop 59), or down from a log-normal binding fit's cut (``outside_lowered_from``; the skew carry's lower cut set
+    inside the bulk of those outside it, below a prominent valley above their peak or with a shallow one or none
+    (``outside_raised_from``; stop 59), or down from a log-normal binding fit's cut (``outside_lowered_from``; the skew carry's lower cut set
     aside where it had replaced it; stop 58); the points of the parent it moved unless ``held``."""
     pooled = (f" to the {d['percentile']:g}th percentile of the parent's negatives read on their lower sides, its cells "
               f"in {reference} and those outside it (stated {marker}-negative) as normal groups")
     if "outside_raised_from" in d:
         valley = float(d["outside_cut"])
         return (f"; the cut was moved up from {d['outside_raised_from']:.4g}{pooled}, "
-                + (f"the stained valley {valley:.4g} above the peak {d['outside_peak']:.4g} of those outside it a shallow "
+                + (f"below the stained valley {valley:.4g} above the peak {d['outside_peak']:.4g} of those outside it"
+                   if d.get("outside_prominent") else
+                   f"the stained valley {valley:.4g} above the peak {d['outside_peak']:.4g} of those outside it a shallow "
                    f"one (no prominent peak of the parent above it)" if math.isfinite(valley) else
                    f"no stained valley lying above the peak {d['outside_peak']:.4g} of those outside it")
                 + ("" if held else f", {d['outside_moved_points']:.1f} points of the parent fewer called positive"))
@@ -1282,9 +1285,9 @@ class _TubeKindRun:
         1.5 points and their flags, benchmarks/README.md), and the parent's cells outside the reference,
         where the strategy states them marker-negative (``outside_cells: negative``, e.g. CD56's CD8+ T cells under
         CD8's tandem spillover), move a cut inside their bulk up to the parent's first valley above their negative
-        peak (``place_fmo_anchored``'s ``outside_values``, winner ``outside_valley``; stop 54; with a shallow valley
-        or none, up to the parent's negatives read on their lower sides, ``inside_values`` and ``outside_values``,
-        winner ``outside_pooled``, stop 59; a log-normal fit's cut above those negatives moves down to them, winner
+        peak (``place_fmo_anchored``'s ``outside_values``, winner ``outside_valley``; stop 54; or to the parent's
+        negatives read on their lower sides, ``inside_values`` and ``outside_values``, where those lie lower or the
+        valley is shallow or missing, winner ``outside_pooled``, stop 59; a log-normal fit's cut above those negatives moves down to them, winner
         ``outside_pooled``, stop 58) and are read by the
         outside check (``checks.fallback_outside_check``: ``uncertain_threshold`` when most of them still lie above
         the cut); flagged ``missing`` and ``fallback_gate`` saying why the cut can be wrong and by how much a raise

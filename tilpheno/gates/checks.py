@@ -137,10 +137,11 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     Where the strategy states the parent's cells outside
     the ``skew_reference`` marker-negative (``outside_cells: negative``) such a cut lying inside their bulk is moved
     up inside the placement too, to the parent's first valley above their negative peak (winner ``outside_valley``,
-    ``placement.outside_valley``; with a shallow valley or none, to the parent's negatives read on their lower sides,
-    winner ``outside_pooled``, ``placement.pooled_lower_sides``, which the outside check always flags: no valley
-    tells their positives from their upper side; stops 55 and 59; a log-normal fit's cut above those negatives moves
-    down to them, winner ``outside_pooled`` too; stop 58), and the engine (``phenotype._TubeKindRun._on_unstained``) flags a cut
+    ``placement.outside_valley``), or to the parent's negatives read on their lower sides where those lie lower
+    (winner ``outside_pooled``, ``placement.pooled_lower_sides``; stop 59), at any height with a shallow valley or
+    none, which the outside check always flags: no valley tells their positives from their upper side (stop 55's
+    mirror before it); a log-normal fit's cut above those negatives moves down to them, winner ``outside_pooled``
+    too, always flagged; stop 58), and the engine (``phenotype._TubeKindRun._on_unstained``) flags a cut
     still there:
     when more than ``placement.OUTSIDE_SHARE`` (50) % of them, and more than ``placement.OUTSIDE_POINTS`` (1.5)
     points of the parent, lie above it (``outside_pct``, ``outside_median``, ``outside_points``:
@@ -237,7 +238,7 @@ the cut when it won, winner ``skew_carry``), NaN otherwise. ``outside_cut``: suc
 the parent's cells outside the ``skew_reference`` stated marker-negative (``outside_cells: negative``), the parent's
 first valley above their negative peak (``placement.outside_valley``; NaN when none was found or the cut lay below
 less than half of them), and ``outside_raised_from`` the rule's cut it replaced where a move up won (winner
-``outside_valley``, or ``outside_pooled`` with a shallow valley or none), NaN otherwise. ``reading_verdict``: on a gate
+``outside_valley``, or ``outside_pooled``: the parent's negatives read on their lower sides), NaN otherwise. ``reading_verdict``: on a gate
 whose cut carries a shared reference reading, each gate carrying it where a check that judges the reading fired, its
 checks and their sizes (``tilpheno.gates.shared_reading.reading_verdicts``, set by the engine once every threshold
 is placed; '' otherwise)."""
@@ -838,7 +839,8 @@ def fallback_outside_check(population: str, marker: str, placement: pl.Placement
     moved to the parent's negatives read on their lower sides (winner ``outside_pooled``,
     ``placement.pooled_lower_sides``: normal groups, whose shape the binding need not have), up from a cut inside
     their bulk with such a shallow valley or none at all above their peak (their positives a shoulder or a tail;
-    stop 59, stop 55's mirror before it), or down from a log-normal fit's cut (stop 58). ``held``: as
+    stop 59, stop 55's mirror before it), or down from a log-normal fit's cut (stop 58); not one moved up to below
+    a prominent valley, which bounds it as it bounds a cut moved to that valley (stop 59). ``held``: as
     :func:`place_and_check`'s."""
     cut = float(placement.diagnostics["threshold"])
     found = pl.outside_reading(stained, outside, cut)
@@ -849,7 +851,7 @@ def fallback_outside_check(population: str, marker: str, placement: pl.Placement
                    f"of the parent's cells outside {reference}, with no prominent peak of the parent above it (few "
                    f"positives on the negatives' upper side, or their tail): the cut may lie among positives or "
                    f"negatives; look at the {marker} histogram of the parent outside {reference}")
-    elif d.get("winner") == "outside_pooled" and "outside_raised_from" in d:   # placement._outside_moved
+    elif d.get("winner") == "outside_pooled" and "outside_raised_from" in d and not d.get("outside_prominent"):
         valley = float(d["outside_cut"])
         message = (f"the cut {cut:.3f} anchored on the unstained control was moved up from "
                    f"{float(d['outside_raised_from']):.3f} to the {float(d['percentile']):g}th percentile of the parent's "
@@ -861,7 +863,7 @@ def fallback_outside_check(population: str, marker: str, placement: pl.Placement
                    + f" (a positive shoulder or tail on their upper side), so positives dimmer than the cut are missed "
                    f"and a binding tail heavier than normal is called positive; look at the {marker} histogram of the "
                    f"parent outside {reference}")
-    elif d.get("winner") == "outside_pooled":   # a log-normal fit's cut above it (placement._fit_lowered)
+    elif d.get("winner") == "outside_pooled" and "outside_lowered_from" in d:   # placement._fit_lowered
         set_aside = (f"; the skew carry's {float(d['skew_cut']):.3f} on the shift of {reference} set aside: the cells "
                      f"outside {reference}, stated {marker}-negative, raise the parent's mode by their spillover"
                      if "skew_lowered_points" in d else "")
@@ -879,6 +881,9 @@ def fallback_outside_check(population: str, marker: str, placement: pl.Placement
         valley = float(d.get("outside_cut", float("nan")))   # absent: no move read (a synthetic caller)
         moved = (f" (moved up from {float(d['outside_raised_from']):.3f} to the stained valley above their peak "
                  f"{float(d['outside_peak']):.3f})" if d.get("winner") == "outside_valley" else
+                 f" (moved up from {float(d['outside_raised_from']):.3f} to the parent's negatives read on their lower "
+                 f"sides, below the stained valley {valley:.3f} above their peak {float(d['outside_peak']):.3f})"
+                 if d.get("winner") == "outside_pooled" else
                  " (no stained valley above their peak)" if "outside_cut" in d and not math.isfinite(valley) else
                  f" (at or above the stained valley {valley:.3f} above their peak {float(d['outside_peak']):.3f})"
                  if math.isfinite(valley) else "")

@@ -2287,13 +2287,14 @@ def place_fmo_anchored(
     cut it replaced, ``outside_cut`` the valley (recorded whenever the cut lay inside their bulk; NaN when no valley
     was found and the cut stayed), ``outside_peak`` their negative peak, ``outside_prominent`` whether a prominent
     peak of the parent follows the valley, ``outside_moved_points`` (% of the stained parent between the two cuts).
-    Where no prominent peak of the parent follows the valley, or no valley lies above their peak (their positives a
-    shoulder or a tail on their upper side: no valley tells them from the negatives), the cut moves up to the
-    parent's negatives read on their lower sides instead (:func:`pooled_lower_sides` of ``inside_values``, the
-    parent's events inside the ``skew_reference``, and ``outside_values``), where that lies above it: winner
+    The cut moves up to the parent's negatives read on their lower sides instead (:func:`pooled_lower_sides` of
+    ``inside_values``, the parent's events inside the ``skew_reference``, and ``outside_values``) where that lies
+    above it, and below the valley where a prominent peak of the parent follows it (dim positives lie below a
+    valley), at any height where no prominent peak follows the valley or no valley lies above their peak (their
+    positives a shoulder or a tail on their upper side: no valley tells them from the negatives): winner
     ``outside_pooled``, ``pooled_cut``, the groups' peaks and SDs as ``pooled_inside_peak`` etc. (stop 59; stop 55
-    moved a cut with no valley to their peak mirrored about its lower side, stop 54 to the shallow valley, both
-    above the parent's negatives' percentile: NKT under-called by up to 4 points). A log-normal fit's
+    moved a cut with no valley to their peak mirrored about its lower side, stop 54 to the valley, both above the
+    parent's negatives' percentile: NKT under-called by up to 4 points). A log-normal fit's
     cut (``width_side: fit``, ``fit_log_sd`` > 0; the fit's share grows with its cut and climbs past the positives
     next to the outside cells' upper side) above the parent's negatives read on their lower sides moves down to that
     cut (winner ``outside_pooled``, ``outside_lowered_from`` the fit's cut; stop 58, before it the outside cells'
@@ -2457,11 +2458,12 @@ def _outside_moved(density: Density, stained: np.ndarray, outside: np.ndarray, i
                    min_prominence: float, percentile: float, winner: str, cut: float, diagnostics: dict[str, Any],
                    ) -> tuple[str, float]:
     """:func:`place_fmo_anchored`'s ``outside_values`` move: (winner, cut), when ``cut`` lies inside the bulk of the
-    cells ``outside`` the reference (:func:`outside_inside`) moved up to :func:`outside_valley` where a prominent peak
-    of the parent follows that valley, or, with a shallow valley or none above their negative peak (their positives
-    a shoulder or a tail on their upper side), to the parent's negatives read on their lower sides
-    (:func:`pooled_lower_sides` of ``inside``, the parent's events inside the reference, and ``outside``; winner
-    ``outside_pooled``), each where it lies above ``cut`` (the shallow valley where the pooled cut does not);
+    cells ``outside`` the reference (:func:`outside_inside`) moved up to the parent's negatives read on their lower
+    sides (:func:`pooled_lower_sides` of ``inside``, the parent's events inside the reference, and ``outside``;
+    winner ``outside_pooled``) where that lies above ``cut`` and below :func:`outside_valley` where a prominent peak
+    of the parent follows that valley (dim positives lie below it), at any height with a shallow valley or none
+    above their negative peak (their positives a shoulder or a tail on their upper side); else to the valley where
+    it lies above ``cut``;
     otherwise a log-normal fit's cut above those negatives moved down to them (:func:`_fit_lowered`). What it found
     recorded in ``diagnostics`` (``outside_cut``, ``outside_peak``, ``outside_prominent``, ``outside_raised_from``,
     ``outside_moved_points``: % of the stained parent between the two cuts, and :func:`_pooled_recorded`'s)."""
@@ -2473,9 +2475,11 @@ def _outside_moved(density: Density, stained: np.ndarray, outside: np.ndarray, i
     diagnostics.update(outside_cut=valley, outside_peak=float("nan") if peak is None else peak,
                        outside_prominent=prominent)
     moved, to = ("outside_valley", valley) if found is not None else (winner, float("nan"))
-    if peak is not None and not prominent:   # a shallow valley or none: no valley tells positives from negatives
+    if peak is not None:
         pooled, read = pooled_lower_sides(density, (inside, outside), bandwidth, percentile)
-        if pooled > cut:   # NaN: no group read
+        # a prominent valley bounds it from above (dim positives below the valley); a shallow valley or none tells
+        # no positives from negatives
+        if pooled > cut and not (prominent and pooled >= valley):   # NaN: no group read
             _pooled_recorded(diagnostics, pooled, read)
             moved, to = "outside_pooled", pooled
     if not to > cut:   # none found (NaN), or not above: the cut stays and the outside check flags it

@@ -51,9 +51,10 @@ fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200
                      the spillover of other stains, e.g. CD56's CD8+ T cells): a cut anchored on
                      the unstained control for want of the FMO with most of them above it moves
                      up to the parent's first valley above their negative peak (winner
-                     outside_valley, placement.outside_valley; with a shallow valley or
-                     none, to the parent's negatives read on their lower sides, in and
-                     outside the reference, outside_pooled, always flagged; a log-normal
+                     outside_valley, placement.outside_valley), or to the parent's
+                     negatives read on their lower sides, in and outside the reference,
+                     where those lie lower or the valley is shallow or missing
+                     (outside_pooled, flagged but below a prominent valley; a log-normal
                      fit's cut above them moves down to them, outside_pooled too) and is
                      flagged when most still lie
                      above it (checks.fallback_outside_check); any (they may be positives, e.g.
