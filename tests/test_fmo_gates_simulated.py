@@ -930,15 +930,18 @@ def test_a_reference_cut_above_the_parents_own_upper_carry_over_is_flagged(tmp_p
     of CD4 more than 3 points under the ideal-FMO reference). CD4+PD1+ had no flag: its reference
     interval and tail-shape checks were within their limits. The parent's upper-side carry-over
     (relative_high) follows its nonspecific tail and is only raised by its positives; a reference cut
-    more than 3 points of the parent above it is now flagged (``reference_above_points``)."""
+    more than 3 points of the parent above it is now flagged (``reference_above_points``). Since stop 59 the
+    placement also moves such a cut down (``placement.reference_capped_cut``; here more than 6 points above: to
+    ``relative_high`` itself) and the flag stays: CD4+PD1+ -5.8 -> +1.9 points, PD1+ -13.2 -> -0.4."""
     prod, result = _with_pd1_binding(tmp_path, 146862, 269.0, 0.80)
     error = result.phenotype["cd4pd1_pct_of_cd4"] - prod.truth["ref_cd4pd1_pct_of_cd4"]
-    assert error < -3.0, error
+    assert abs(error) < 2.0, error
     flags = [f.message for f in result.qc if needs_review(f) and f.gate == "CD4+PD1+"]
-    assert any("above the parent's own upper-side carry-over" in m for m in flags), flags
+    assert any("above the parent's own upper-side carry-over" in m and "moved down to that carry-over" in m
+               for m in flags), flags
     tube = next(t for t in result.tubes if t.role == "stain" and "CD4+PD1+" in t.diagnostics)
     d = tube.diagnostics["CD4+PD1+"]
-    assert d["threshold"] > d["relative_high"] and d["reference_above_points"] > 3.0, d
+    assert d["reference_capped_from"] > d["relative_high"] == d["threshold"] and d["reference_above_points"] > 6.0, d
 
 
 def test_a_small_references_sampling_interval_is_measured_on_all_its_events(tmp_path):

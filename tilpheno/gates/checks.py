@@ -63,7 +63,9 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     ``relative_high`` (``reference_above_points``): the parent's own upper-side carry-over follows
     its nonspecific tail and its positives next to the negatives only raise it, so a reference cut
     above it reads more binding than the parent shows (under-call; V146862 under heavy PD1 binding:
-    CD4+PD1+ 5.8 points under, 7.6 points above it, no other flag); a tail-shape check that fired too is
+    CD4+PD1+ 5.8 points under, 7.6 points above it, no other flag; since stop 59 the placement moves such a cut
+    down, ``placement.reference_capped_cut``, ``reference_capped_from`` the reading's cut, which this check and the
+    tail-shape check judge, and the flag says so); a tail-shape check that fired too is
     then named in that flag (one flag, both in ``reading_verdict``). (A small correction
     leaves the cut near the FMO percentile, which both candidates then bracket loosely: no flag.)
     A ``width_side: fit`` cut (``relative_carry`` ``fit``: the additive binding fitted to the
@@ -337,14 +339,19 @@ def _above_message(name: str, marker: str, cut: float, d: Mapping[str, Any], hig
                    held: tuple[str, ...], control_name: str) -> str:
     """The ``uncertain_threshold`` message of an additive reference carry-over's ``reference_above_points``
     (module docstring), naming the tail-shape check too when it fired on the same reading (``tail_points``)."""
+    capped = "reference_capped_from" in d   # the placement moved the reference's cut down (the check judges that)
+    read = float(d["reference_capped_from"]) if capped else cut
     tail = (f"; the tail-shape check fired too: a log-normal signal with the read median and SD would put the cut at "
-            f"{d['relative_lognormal']:.3f} and {'lower' if d['relative_lognormal'] > cut else 'raise'} the % by "
+            f"{d['relative_lognormal']:.3f} and {'lower' if d['relative_lognormal'] > read else 'raise'} the % by "
             f"{_points(d['tail_points'], limit, held)} of the parent (tail_points, limit {limit:g})"
             if d["tail_points"] > limit else "")
-    return (f"{name}: the threshold {cut:.3f} (rule {d.get('winner')}, binding read on the reference population) lies "
+    moved = (f"; the threshold was moved down to that carry-over, {cut:.3f}, which a log-normal binding tail beyond "
+             f"its upper-side read can still leave a few points low" if capped else "")
+    return (f"{name}: the {'reference carry-over' if capped else 'threshold'} {read:.3f} (rule {d.get('winner')}, binding "
+            f"read on the reference population) lies "
             f"{_points(d['reference_above_points'], limit, held)} of the parent above the parent's own upper-side carry-over of "
             f"the {control_name} percentile {high:.3f} (limit {limit:g}), which its nonspecific tail and its positives next to "
-            f"the negatives can only raise: the reference reads more binding than the parent shows (under-call){tail}; "
+            f"the negatives can only raise: the reference reads more binding than the parent shows (under-call){tail}{moved}; "
             f"look at the {marker} histogram of the parent and of the reference population, stained vs {control_name}")
 
 
@@ -509,6 +516,8 @@ def place_and_check(
             if reference_carry == "quantile" and anchor["reference"] is not None:
                 anchor["reference_quantile"] = pl.reference_quantile_cut(fmo_values, reference_fmo, reference_stained,
                                                                     anchor["transform"], percentile)
+            else:   # an additive reference cut this far above the parent's upper-side carry-over is moved down to it
+                anchor["reference_cap_points"] = uncertain_points
         if skew_stained is not None and anchor.get("transform") is not None:
             # the skew_reference's binding tail the unstained control (fmo_values, standing in for the FMO) lacks
             anchor["skew_binding"] = pl.reference_binding(fmo_values, skew_stained, anchor["transform"],
@@ -704,11 +713,13 @@ def place_and_check(
             elif referenced and anchor.get("reference") is not None:
                 # the parent's upper-side carry-over follows its own nonspecific tail, widened by its
                 # positives next to the negatives: a reference cut above it reads more binding than
-                # the parent shows (a reference whose binding or reading differs: under-call)
-                d["reference_above_points"] = _points_between(stained, high, cut) if cut > high else 0.0
+                # the parent shows (a reference whose binding or reading differs: under-call); both checks
+                # judge the reading's cut, which the placement moved down to that carry-over where this fired
+                read_cut = float(d.get("reference_capped_from", cut))
+                d["reference_above_points"] = pl.reference_above_points(stained, read_cut, high)
                 # the additive carry-over gives the nonspecific signal a normal shape; the reference's
                 # reads fit a heavier, log-normal tail as well: how far would that move the %
-                d["relative_lognormal"], d["tail_points"] = tail_shape(fmo, stained, cut, anchor["reference"],
+                d["relative_lognormal"], d["tail_points"] = tail_shape(fmo, stained, read_cut, anchor["reference"],
                                                                        anchor["transform"], percentile)
                 # shared_reading: every check that fired on the reading (wrong; the read fixes no tail shape)
                 verdict = tuple(c for c in ("reference_above_points", "tail_points") if d[c] > uncertain_points)

@@ -2205,6 +2205,7 @@ def place_fmo_anchored(
     skew_binding: ReferenceBinding | None = None,
     outside_values: np.ndarray | None = None,
     inside_values: np.ndarray | None = None,
+    reference_cap_points: float = math.inf,
 ) -> Placement:
     """Positive gate ``x > threshold``: the FMO sets the scale, the stained tube is the evidence (``control_name``: the
     control's name in the ``note`` and flags, ``unstained control`` where that stands in for the FMO).
@@ -2235,7 +2236,15 @@ def place_fmo_anchored(
       :func:`reference_carried`) (the gated parent's own mode and lower side are pulled up by its dim
       positives). With ``reference`` and a finite ``reference_quantile`` (the strategy's
       ``reference_carry: quantile``, :func:`reference_quantile_cut`, computed by the caller on the
-      reference's events) that cut is ``relative_reference`` instead of the additive carry-over.
+      reference's events) that cut is ``relative_reference`` instead of the additive carry-over. An additive
+      reference cut (no ``reference_quantile``) that won and lies more than ``reference_cap_points`` percentage
+      points of the stained parent above ``relative_high`` (the parent's own upper-side carry-over, which its
+      nonspecific tail and its positives next to the negatives can only raise: the reference reads more binding
+      than the parent shows: PD1+ cells in the reference read as a binding tail) is moved down by twice its
+      excess over that limit, to ``relative_high`` itself from twice the limit on (:func:`reference_capped_cut`;
+      :func:`reference_above_points` recorded as ``reference_above_points`` whenever such a cut won,
+      ``reference_capped_from`` the reference cut it replaced; ``gates.checks`` passes its ``uncertain_points``, 3,
+      and flags the gate; stop 59).
       Without ``transform``: ``stained mode +
       (fmo_threshold - FMO mode) x stained width / FMO width`` (lower-half RMS widths);
     * ``valley_threshold`` - the density minimum between the stained negative peak and its highest
@@ -2419,6 +2428,14 @@ def place_fmo_anchored(
                 # a binding tail falls away from the negative peak and makes no second one; the log-normal
                 # fit's share grows with its cut and climbs into dim positives (stop 43): their valley is the cut
                 winner, cut = "stained_valley", float(density.grid[v])
+        if winner == "fmo_relative" and diagnostics.get("relative_carry") == "reference" and not np.isfinite(reference_quantile):
+            # the parent's own upper-side carry-over only rises with its tail and its positives next to the negatives:
+            # a reference cut far above it reads more binding than the parent shows (PD1+ cells in the reference)
+            diagnostics["reference_above_points"] = reference_above_points(x, cut, bounds[1])
+            capped = reference_capped_cut(x, cut, bounds[1], reference_cap_points)
+            if capped != cut:
+                diagnostics["reference_capped_from"] = float(cut)
+                cut = capped
     if skew_binding is not None and transform is not None and rule != "percentile":
         carry = skew_carry_binding(fmo_x, x, skew_binding, transform, max_shift=max_shift)
         skew_cut = carried_skew_cut(fmo_x, carry, transform, percentile)
@@ -2515,6 +2532,30 @@ def _fit_lowered(density: Density, stained: np.ndarray, groups: tuple[np.ndarray
     _pooled_recorded(diagnostics, pooled, read)
     diagnostics.update(outside_lowered_from=fit_cut, outside_moved_points=points_between(stained, pooled, fit_cut))
     return "outside_pooled", pooled
+
+
+def reference_above_points(values: np.ndarray, cut: float, high: float) -> float:
+    """Percentage points of the stained parent ``values`` between its own upper-side carry-over ``high``
+    (``relative_high``) and a reference carry-over ``cut`` above it; 0 when ``cut`` is not above it (or ``high`` is
+    NaN): how much more binding the reference reads than the parent shows (:func:`place_fmo_anchored`)."""
+    return points_between(values, high, cut) if cut > high else 0.0
+
+
+def reference_capped_cut(values: np.ndarray, cut: float, high: float, limit: float) -> float:
+    """An additive reference carry-over ``cut`` (transformed units) that lies more than ``limit`` percentage points
+    of the stained parent ``values`` above the parent's own upper-side carry-over ``high``
+    (:func:`reference_above_points`, ``above``) moved down by twice its excess over the limit: to the parent's event
+    with max(2 ``limit`` - ``above``, 0) points between it and ``high`` (``high`` itself from 2 ``limit`` on); any
+    other ``cut`` unchanged. ``high`` can lie below the ideal cut (a log-normal binding tail beyond its upper-side
+    read: by up to 2.8 points of the parent on 360 heavy-PD1 products, stop 59), so the reading is at least
+    ``above`` - ``limit`` too high: while ``high`` lies at most ``limit`` below the ideal cut the moved cut is nearer
+    it than ``cut`` was, and it is continuous at the limit (a reading just over it moves little)."""
+    above = reference_above_points(values, cut, high)
+    if not above > limit:
+        return cut
+    between = np.sort(values[values > high])
+    k = int(max(2.0 * limit - above, 0.0) * values.size / 100.0)   # events kept between high and the moved cut
+    return float(between[k - 1]) if k > 0 else float(high)
 
 
 def points_between(values: np.ndarray, a: float, b: float) -> float:
