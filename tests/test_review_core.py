@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 
 from review_support import OOS_REASON, PASSWORDS, approval_resolutions, review_out, review_source, service_on, standing_approval_id  # noqa: F401  (fixtures)
 from review_support import fresh_service, processed_once, source3  # noqa: F401  (fixtures)
-from tspeed2_support import Reruns
+from tspeed2_support import Regates, Reruns
 from tilpheno.review import audit
 from tilpheno.review.auth import MAX_FAILURES, AuthError, check_password
 from tilpheno.review.models import AuditEntry, User
@@ -47,6 +47,18 @@ def reruns(tmp_path_factory):
     from review_support import SAMPLE
 
     return Reruns(tmp_path_factory.mktemp, (SAMPLE,))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def regates():
+    """The module's review sources share their re-gates (:class:`tspeed2_support.Regates`): a service over a
+    folder holding the same bytes at the same path as one an earlier test (or the other backend) re-gated
+    takes that re-gate's automatic gates and candidates instead of gating the product again; the sample folder,
+    which the runs read by path, is part of what must be the same. No test here counts or patches a re-gate."""
+    from review_support import SAMPLE
+
+    with Regates((SAMPLE,)).installed():
+        yield
 
 
 def user(service, name):
