@@ -2242,9 +2242,8 @@ def place_fmo_anchored(
       nonspecific tail and its positives next to the negatives can only raise: the reference reads more binding
       than the parent shows: PD1+ cells in the reference read as a binding tail) is moved down by twice its
       excess over that limit, to ``relative_high`` itself from twice the limit on (:func:`reference_capped_cut`;
-      :func:`reference_above_points` recorded as ``reference_above_points`` whenever such a cut won,
       ``reference_capped_from`` the reference cut it replaced; ``gates.checks`` passes its ``uncertain_points``, 3,
-      and flags the gate; stop 59).
+      records :func:`reference_above_points` of that cut and flags the gate; stop 59).
       Without ``transform``: ``stained mode +
       (fmo_threshold - FMO mode) x stained width / FMO width`` (lower-half RMS widths);
     * ``valley_threshold`` - the density minimum between the stained negative peak and its highest
@@ -2431,7 +2430,6 @@ def place_fmo_anchored(
         if winner == "fmo_relative" and diagnostics.get("relative_carry") == "reference" and not np.isfinite(reference_quantile):
             # the parent's own upper-side carry-over only rises with its tail and its positives next to the negatives:
             # a reference cut far above it reads more binding than the parent shows (PD1+ cells in the reference)
-            diagnostics["reference_above_points"] = reference_above_points(x, cut, bounds[1])
             capped = reference_capped_cut(x, cut, bounds[1], reference_cap_points)
             if capped != cut:
                 diagnostics["reference_capped_from"] = float(cut)
