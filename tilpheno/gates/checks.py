@@ -835,6 +835,21 @@ def _joined_uncertain(flags: tuple[pl.Flag, ...], population: str, marker: str, 
     return tuple(joined if f is own[0] else f for f in flags)
 
 
+def _pooled_words(d: Mapping[str, Any], reference: str, found: Mapping[str, float]) -> str:
+    """:func:`fallback_outside_check`'s words on the cut a move to ``placement.pooled_lower_sides`` gave (winner
+    ``outside_pooled``, up or down): the percentile, the two groups' peaks and the share of the cells outside
+    ``reference`` above it."""
+    return (f"the {float(d['percentile']):g}th percentile of the parent's negatives read on their lower sides (normal "
+            f"about the peaks {float(d['pooled_inside_peak']):.3f} of its cells in {reference} and "
+            f"{float(d['pooled_outside_peak']):.3f} of those outside it; {found['outside_pct']:.1f}% of the latter above it)")
+
+
+def _pooled_misses(marker: str, reference: str) -> str:
+    """What a cut at ``placement.pooled_lower_sides`` (normal groups) can get wrong, and where to look."""
+    return (f"so positives dimmer than the cut are missed and a binding tail heavier than normal is called positive; "
+            f"look at the {marker} histogram of the parent outside {reference}")
+
+
 def fallback_outside_check(population: str, marker: str, placement: pl.Placement, stained: np.ndarray,
                            outside: np.ndarray, reference: str, held: tuple[str, ...] = ()) -> pl.Placement:
     """``placement`` (a cut anchored on the unstained control) with the outside check (``placement.outside_reading``)
@@ -865,27 +880,18 @@ def fallback_outside_check(population: str, marker: str, placement: pl.Placement
     elif d.get("winner") == "outside_pooled" and "outside_raised_from" in d and not d.get("outside_prominent"):
         valley = float(d["outside_cut"])
         message = (f"the cut {cut:.3f} anchored on the unstained control was moved up from "
-                   f"{float(d['outside_raised_from']):.3f} to the {float(d['percentile']):g}th percentile of the parent's "
-                   f"negatives read on their lower sides (normal about the peaks {float(d['pooled_inside_peak']):.3f} of "
-                   f"its cells in {reference} and {float(d['pooled_outside_peak']):.3f} of those outside it; "
-                   f"{found['outside_pct']:.1f}% of the latter above it): "
+                   f"{float(d['outside_raised_from']):.3f} to {_pooled_words(d, reference, found)}: "
                    + (f"the stained valley {valley:.3f} above their peak is a shallow one, with no prominent peak of the "
                       f"parent above it" if math.isfinite(valley) else "no stained valley above their peak")
-                   + f" (a positive shoulder or tail on their upper side), so positives dimmer than the cut are missed "
-                   f"and a binding tail heavier than normal is called positive; look at the {marker} histogram of the "
-                   f"parent outside {reference}")
+                   + f" (a positive shoulder or tail on their upper side), {_pooled_misses(marker, reference)}")
     elif d.get("winner") == "outside_pooled" and "outside_lowered_from" in d:   # placement._fit_lowered
         set_aside = (f"; the skew carry's {float(d['skew_cut']):.3f} on the shift of {reference} set aside: the cells "
                      f"outside {reference}, stated {marker}-negative, raise the parent's mode by their spillover"
                      if "skew_lowered_points" in d else "")
         message = (f"the cut {cut:.3f} anchored on the unstained control was moved down from "
-                   f"{float(d['outside_lowered_from']):.3f} (a log-normal binding fit's cut{set_aside}) to the "
-                   f"{float(d['percentile']):g}th percentile of the parent's negatives read on their lower sides (normal "
-                   f"about the peaks {float(d['pooled_inside_peak']):.3f} of its cells in {reference} and "
-                   f"{float(d['pooled_outside_peak']):.3f} of those outside it; {found['outside_pct']:.1f}% of the latter "
-                   f"above it): the fit took positives next to their upper side for binding, and no valley sets the cut, "
-                   f"so positives dimmer than the cut are missed and a binding tail heavier than normal is called "
-                   f"positive; look at the {marker} histogram of the parent outside {reference}")
+                   f"{float(d['outside_lowered_from']):.3f} (a log-normal binding fit's cut{set_aside}) to "
+                   f"{_pooled_words(d, reference, found)}: the fit took positives next to their upper side for binding, "
+                   f"and no valley sets the cut, {_pooled_misses(marker, reference)}")
     elif not pl.outside_inside(found):
         return pl.Placement(placement.gate, placement.method, d, placement.flags)
     else:
