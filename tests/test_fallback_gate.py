@@ -946,3 +946,35 @@ def test_skew_cut_error_keeps_the_shift_chosen_on_all_events():
         assert jump > 1.5 * truth, (jump, truth)
         ratios.append(d["skew_error"] / truth)
     assert 0.6 < float(np.median(ratios)) < 1.4, ratios
+
+
+def test_a_foxp3_fallback_takes_its_references_stained_percentile_the_control_standing_in_for_both_fmo_populations(
+        tmp_path):
+    """Issue 13, stop 60: without the FoxP3 FMO the CD4+FoxP3+ gate (``reference_carry: quantile`` on ``non_CD4_T``)
+    was anchored on the unstained control as the PD1 gates are: the control's lymphocytes carried to the parent's own
+    negatives, raised by non_CD4_T's right skew (``skew_carry``). V192188 (development seed of stop 60) left
+    CD4+FoxP3+ 2.05 points of CD4 under the simulator's ideal-FMO reference that way -> the fallback keeps the
+    reference and its quantile carry, the control standing in for the FMO of both the parent and non_CD4_T, so the
+    control's percentile cancels and the cut is non_CD4_T's own stained 99.5th percentile (compensated linear units;
+    tolerance 1e-9 transformed units): within 0.5 points of the reference (the yardstick's own sampling SD is about
+    0.1-0.2 points here), the threshold record still naming the control, ``missing_fmo`` and ``fallback_gate``
+    saying which reading stood in."""
+    from tilpheno.quantiles import percentile
+
+    prod, result, _, flags = _without_fmo(tmp_path, 192188, 20000, "FoxP3", ("CD4+FoxP3+",), unstained=True)
+    [treg] = [t for t in result.tubes if t.tube == "treg" and t.role == "stain"]
+    row = treg.thresholds.set_index("population").loc["CD4+FoxP3+"]
+    d = treg.diagnostics["CD4+FoxP3+"]
+    assert row["method"] == "fallback_fmo_relative" and row["source_file"].endswith("V192188_unstained.fcs"), row.to_dict()
+    assert d["relative_carry"] == "reference" and "skew_cut" not in d, d
+    [treg_strategy] = [load_strategy(p) for p in default_strategy_paths() if load_strategy(p).tube == "treg"]
+    transform = treg_strategy.transform_for("FoxP3")
+    reference = treg.data["FoxP3"][treg.masks["non_CD4_T"]]
+    linear = transform.inverse(reference[np.isfinite(reference)])
+    assert d["threshold"] == pytest.approx(float(transform.apply(np.array([percentile(linear, 99.5)]))[0]), abs=1e-9)
+    error = result.phenotype["cd4foxp3_pct_of_cd4"] - prod.truth["ref_cd4foxp3_pct_of_cd4"]
+    assert abs(error) <= 0.5, error
+    said = flags["CD4+FoxP3+", "fallback_gate"].message
+    assert "anchored on the unstained control V192188_unstained.fcs (fmo_relative) instead of the FMO" in said, said
+    assert ("the cut is the 99.5th percentile of non_CD4_T's stained events (reference_carry quantile, the unstained "
+            "control standing in for the FMO of both CD4+ and non_CD4_T" in said), said

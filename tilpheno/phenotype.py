@@ -1277,7 +1277,10 @@ class _TubeKindRun:
         the parent's own stained negatives, not through a ``skew_reference`` (the control lacks every stain's
         spreading, which the T cells' stains put into the parent and not into a marker-poor reference: PD1's
         CD3- reference carried V165055's PD1+ cut to 10 points above the ideal-FMO reference, the parent's own
-        negatives to 0.4), the reference read only for its right-skewed binding tail, stained vs the control
+        negatives to 0.4; a ``reference_carry: quantile`` gate keeps its reference, the control standing in for the FMO
+        of both the parent and the reference, so the control's percentile cancels and the cut is the reference's own
+        stained percentile, with the binding and spreading the control lacks: TIL FoxP3 on non_CD4_T, stop 60), the
+        reference read only for its right-skewed binding tail, stained vs the control
         (``placement.reference_binding``'s ``skew``), added to the parent's own carry-over: the cut is raised to that
         carry-over where it lies above (``placement.place_fmo_anchored``'s ``skew_binding``, read by
         ``checks.place_and_check`` from the reference's stained events, ``skew_stained``, which also judges such a
@@ -1308,14 +1311,18 @@ class _TubeKindRun:
         reference = rule[4]
         # the binding tail the control lacks, read on the reference's stained events (checks.place_and_check)
         skew_stained = stained.tube.data[marker][stained.masks[reference]] if reference else None
+        # a reference_carry: quantile gate keeps its reference, the control standing in for the FMO of both the parent
+        # and the reference (the control's percentile cancels: the cut is the reference's own stained percentile)
+        quantile = bool(reference) and rule[1].get("reference_carry") == "quantile"
         outside, inside, parent_values = None, None, None
         if reference and pop.params.get("outside_cells") == "negative":   # left out for their spillover, which the control lacks too
             parent = stained.parent_mask(pop)
             parent_values = stained.tube.data[marker][parent]   # gathered once: the placement's evidence and the check's
             in_reference = stained.masks[reference][parent]
             outside, inside = parent_values[~in_reference], parent_values[in_reference]
-        placement, held, control_held, _, _ = self._anchored(k, pop, values, None, control,
-                                                             undetermined_gates(stained.diagnostics), (*rule[:4], None),
+        placement, held, control_held, _, _ = self._anchored(k, pop, values, values if quantile else None, control,
+                                                             undetermined_gates(stained.diagnostics),
+                                                             rule if quantile else (*rule[:4], None),
                                                              "unstained control", skew_stained, outside, parent_values,
                                                              inside)
         if outside is not None and parent_values is not None:
@@ -1328,6 +1335,11 @@ class _TubeKindRun:
             f"{Path(control.file).name} ({d.get('winner', placement.method)}) instead of the FMO: an unstained tube "
             f"lacks the other colours' spreading into {marker} and any nonspecific binding of the {marker} antibody "
             f"that the FMO would show, so the cut can lie too low (positives over-called)"
+            + (f"; the cut is the {rule[2]:g}th percentile of {reference}'s stained events (reference_carry quantile, the "
+               f"unstained control standing in for the FMO of both {pop.parent} and {reference}, so its own percentile "
+               f"cancels): it carries the antibody's binding and the other colours' spreading, and assumes {pop.parent} "
+               f"and {reference} alike in {marker} without the antibody, which only an FMO checks"
+               if quantile and d.get("relative_carry") == "reference" else "")
             + (f"; the cut was raised from {d['skew_raised_from']:.4g} by the right-skewed {marker} tail of {reference} "
                f"(skew {d['skew_extra']:.0f} linear units, stained {reference} vs the unstained control)"
                + ("" if held else f", {d['skew_points']:.1f} points of the parent fewer called positive")

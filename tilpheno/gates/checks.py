@@ -518,8 +518,10 @@ def place_and_check(
                                                                     anchor["transform"], percentile)
             else:   # an additive reference cut this far above the parent's upper-side carry-over is moved down to it
                 anchor["reference_cap_points"] = uncertain_points
-        if skew_stained is not None and anchor.get("transform") is not None:
-            # the skew_reference's binding tail the unstained control (fmo_values, standing in for the FMO) lacks
+        if skew_stained is not None and anchor.get("transform") is not None and "reference_quantile" not in anchor:
+            # the skew_reference's binding tail the unstained control (fmo_values, standing in for the FMO) lacks;
+            # a quantile carry read on that reference against the control has its stained tail already (the fallback of
+            # a reference_carry: quantile gate, phenotype._TubeKindRun._on_unstained): the raise only where it could not be read
             anchor["skew_binding"] = pl.reference_binding(fmo_values, skew_stained, anchor["transform"],
                                                           max_shift=anchor.get("max_shift", pl.MAX_SHIFT))
         placement = pl.place_fmo_anchored(fmo_values, stained_values, marker, percentile=percentile,
