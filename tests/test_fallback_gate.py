@@ -978,3 +978,4 @@ def test_a_foxp3_fallback_takes_its_references_stained_percentile_the_control_st
     assert "anchored on the unstained control V192188_unstained.fcs (fmo_relative) instead of the FMO" in said, said
     assert ("the cut is the 99.5th percentile of non_CD4_T's stained events (reference_carry quantile, the unstained "
             "control standing in for the FMO of both CD4+ and non_CD4_T" in said), said
+    assert "the cut can lie too low" not in said, said   # said of a cut carried from the control, not of this one

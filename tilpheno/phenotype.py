@@ -1334,12 +1334,12 @@ class _TubeKindRun:
             f"{pop.name} ({marker}): threshold {d['threshold']:.4g} anchored on the unstained control "
             f"{Path(control.file).name} ({d.get('winner', placement.method)}) instead of the FMO: an unstained tube "
             f"lacks the other colours' spreading into {marker} and any nonspecific binding of the {marker} antibody "
-            f"that the FMO would show, so the cut can lie too low (positives over-called)"
+            f"that the FMO would show"
             + (f"; the cut is the {rule[2]:g}th percentile of {reference}'s stained events (reference_carry quantile, the "
                f"unstained control standing in for the FMO of both {pop.parent} and {reference}, so its own percentile "
                f"cancels): it carries the antibody's binding and the other colours' spreading, and assumes {pop.parent} "
                f"and {reference} alike in {marker} without the antibody, which only an FMO checks"
-               if quantile and d.get("relative_carry") == "reference" else "")
+               if quantile and d.get("relative_carry") == "reference" else ", so the cut can lie too low (positives over-called)")
             + (f"; the cut was raised from {d['skew_raised_from']:.4g} by the right-skewed {marker} tail of {reference} "
                f"(skew {d['skew_extra']:.0f} linear units, stained {reference} vs the unstained control)"
                + ("" if held else f", {d['skew_points']:.1f} points of the parent fewer called positive")
