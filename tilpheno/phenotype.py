@@ -960,9 +960,18 @@ def _pooled_note(d: dict[str, Any], reference: str, marker: str, held: tuple[str
     ``reference`` and those outside it (winner ``outside_pooled``, ``placement.pooled_lower_sides``): up from a cut
     inside the bulk of those outside it, below a prominent valley above their peak or with a shallow one or none
     (``outside_raised_from``; stop 59), or down from a log-normal binding fit's cut (``outside_lowered_from``; the skew carry's lower cut set
-    aside where it had replaced it; stop 58); the points of the parent it moved unless ``held``."""
+    aside where it had replaced it; stop 58), or from a skew carry's raised cut, up from inside the parent's dense negative
+    peak or down from above its negatives (``skew_bounded_from``; stop 60); the points of the parent it moved unless ``held``."""
     pooled = (f" to the {d['percentile']:g}th percentile of the parent's negatives read on their lower sides, its cells "
               f"in {reference} and those outside it (stated {marker}-negative) as normal groups")
+    if "skew_bounded_from" in d:
+        up = float(d["skew_bounded_from"]) < float(d["threshold"])
+        where = "up from inside the parent's dense negative peak" if up else "down from above the parent's negatives"
+        return (f"; the skew carry's cut {d['skew_bounded_from']:.4g} "
+                f"({'lowered' if 'skew_lowered_points' in d else 'raised'} from {d['skew_raised_from']:.4g}, with the "
+                f"right-skewed {marker} tail of {reference}) was moved {where}{pooled}"
+                + ("" if held else f", {d['outside_moved_points']:.1f} points of the parent {'fewer' if up else 'more'} "
+                   f"called positive"))
     if "outside_raised_from" in d:
         valley = float(d["outside_cut"])
         return (f"; the cut was moved up from {d['outside_raised_from']:.4g}{pooled}, "

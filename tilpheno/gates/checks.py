@@ -441,15 +441,6 @@ def threshold_record(placement: pl.Placement, held: tuple[str, ...] = (),
     return out
 
 
-def _density_ratio(values: np.ndarray, cut: float, mode: float, bandwidth: float = DELTA) -> float:
-    """Density at ``cut`` / density at the negative ``mode`` (smoothed histogram, ``bandwidth``)."""
-    if not np.isfinite(mode) or values.size < 20:
-        return float("nan")
-    density = pl.smoothed_density(values, bandwidth, float(values.min()) - 3 * bandwidth, float(values.max()) + 3 * bandwidth)
-    at = np.interp([cut, mode], density.grid, density.values)
-    return float(at[0] / at[1]) if at[1] > 0 else float("nan")
-
-
 _points_between = pl.points_between   # percentage points of values between two cuts (placement's, which moves them too)
 
 
@@ -525,7 +516,8 @@ def place_and_check(
             anchor["skew_binding"] = pl.reference_binding(fmo_values, skew_stained, anchor["transform"],
                                                           max_shift=anchor.get("max_shift", pl.MAX_SHIFT))
         placement = pl.place_fmo_anchored(fmo_values, stained_values, marker, percentile=percentile,
-                                          source_file=source_file, min_events=min_events, control_name=control_name, **anchor)
+                                          source_file=source_file, min_events=min_events, control_name=control_name,
+                                          dense_cut_ratio=dense_cut_ratio, **anchor)
         stained = np.asarray(stained_values, dtype=np.float64)
         stained = stained[np.isfinite(stained)]
     d = dict(placement.diagnostics)
@@ -553,7 +545,7 @@ def place_and_check(
         d["sensitivity_points"] = sens
         t_fmo = float(d.get("fmo_threshold", cut))
         d["correction_points"] = _points_between(stained, cut, t_fmo)
-        d["cut_density_ratio"] = _density_ratio(stained, cut, float(d.get("stained_mode", float("nan"))))
+        d["cut_density_ratio"] = pl.peak_density_ratio(stained, cut, float(d.get("stained_mode", float("nan"))), DELTA)
         below = 100.0 * np.count_nonzero(stained <= cut) / stained.size
         # a width_side: fit cut (no mode or width read) is judged by the fit's own evidence below
         fitted = d.get("winner") == "fmo_relative" and d.get("relative_carry") == "fit"
@@ -867,7 +859,9 @@ def fallback_outside_check(population: str, marker: str, placement: pl.Placement
     moved to the parent's negatives read on their lower sides (winner ``outside_pooled``,
     ``placement.pooled_lower_sides``: normal groups, whose shape the binding need not have), up from a cut inside
     their bulk with such a shallow valley or none at all above their peak (their positives a shoulder or a tail;
-    stop 59, stop 55's mirror before it), or down from a log-normal fit's cut (stop 58); not one moved up to below
+    stop 59, stop 55's mirror before it), or down from a log-normal fit's cut (stop 58), or from a skew carry's raised
+    cut, up from inside the parent's dense negative peak or down from above those negatives (``skew_bounded_from``,
+    ``placement._skew_bounded``: the over-raise named; stop 60); not one moved up to below
     a prominent valley, which bounds it as it bounds a cut moved to that valley (stop 59). ``held``: as
     :func:`place_and_check`'s."""
     cut = float(placement.diagnostics["threshold"])
@@ -894,6 +888,20 @@ def fallback_outside_check(population: str, marker: str, placement: pl.Placement
                    f"{float(d['outside_lowered_from']):.3f} (a log-normal binding fit's cut{set_aside}) to "
                    f"{_pooled_words(d, reference, found)}: the fit took positives next to their upper side for binding, "
                    f"and no valley sets the cut, {_pooled_misses(marker, reference)}")
+    elif d.get("winner") == "outside_pooled" and "skew_bounded_from" in d:   # placement._skew_bounded
+        skew, up = float(d["skew_bounded_from"]), float(d["skew_bounded_from"]) < cut
+        message = (f"the cut {cut:.3f} anchored on the unstained control was moved {'up' if up else 'down'} from the "
+                   f"skew carry's {skew:.3f} ({'lowered' if 'skew_lowered_points' in d else 'raised'} from "
+                   f"{float(d['skew_raised_from']):.3f}, with the right skew of {reference}), which lay "
+                   + (f"inside the parent's dense negative peak (density {float(d['skew_bound_ratio']):.2f} of the "
+                      f"peak's), to " if up else "above ")
+                   + _pooled_words(d, reference, found)
+                   + (": the carry read the parent's binding about a lower peak than its negatives' bulk" if up else
+                      f": the raise over-reads the binding, {reference}'s own {marker}+ cells next to its negatives read "
+                      f"as skew (under-call)" if float(d["skew_raised_from"]) <= cut else
+                      ": the log-normal binding fit's cut it raised lay above them too, the fit taking positives next "
+                      "to their upper side for binding (under-call)")
+                   + f", {_pooled_misses(marker, reference)}")
     elif not pl.outside_inside(found):
         return pl.Placement(placement.gate, placement.method, d, placement.flags)
     else:

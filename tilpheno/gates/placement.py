@@ -2206,6 +2206,7 @@ def place_fmo_anchored(
     outside_values: np.ndarray | None = None,
     inside_values: np.ndarray | None = None,
     reference_cap_points: float = math.inf,
+    dense_cut_ratio: float = math.inf,
 ) -> Placement:
     """Positive gate ``x > threshold``: the FMO sets the scale, the stained tube is the evidence (``control_name``: the
     control's name in the ``note`` and flags, ``unstained control`` where that stands in for the FMO).
@@ -2310,6 +2311,11 @@ def place_fmo_anchored(
     cut the skew carry lowered (its ``skew_lowered_points``): the carry took the reference's shift for the parent's
     own as pulled up by dim positives, but the strategy states the cells outside the reference negative, and their
     spillover is what raises the parent's mode (NKT over-called by up to 3.5 points under heavy CD56 binding, stop 58).
+    A skew carry's cut that none of those moves took is bounded by those negatives too (:func:`_skew_bounded`,
+    stop 60): moved up to them from inside the parent's dense negative peak (density at the cut above
+    ``dense_cut_ratio`` of the peak's; ``checks.place_and_check`` passes its own, 0.45), and a raised one down to them
+    from above where they lie at or above the cut it was raised from (the over-raise) or that cut was a log-normal
+    fit's; ``skew_bounded_from`` records the carry's cut.
     """
     if rule not in FMO_RULES:
         raise GatingError(f"FMO gate on {dim!r}: rule must be one of {FMO_RULES}, got {rule!r}")
@@ -2455,7 +2461,7 @@ def place_fmo_anchored(
     if outside_values is not None and rule != "percentile":
         in_reference = inside_values if inside_values is not None else np.empty(0)
         winner, cut = _outside_moved(density, x, outside_values, in_reference, bandwidth, min_prominence, percentile,
-                                     winner, float(cut), diagnostics)
+                                     winner, float(cut), diagnostics, dense_cut_ratio)
     rule_cut = float(cut)
     cut = clamp_to_parent(rule_cut, x)   # beyond the parent's events the gate keeps all or none of them
     if cut != rule_cut:
@@ -2471,7 +2477,7 @@ def place_fmo_anchored(
 
 def _outside_moved(density: Density, stained: np.ndarray, outside: np.ndarray, inside: np.ndarray, bandwidth: float,
                    min_prominence: float, percentile: float, winner: str, cut: float, diagnostics: dict[str, Any],
-                   ) -> tuple[str, float]:
+                   dense_cut_ratio: float = math.inf) -> tuple[str, float]:
     """:func:`place_fmo_anchored`'s ``outside_values`` move: (winner, cut), when ``cut`` lies inside the bulk of the
     cells ``outside`` the reference (:func:`outside_inside`) moved up to the parent's negatives read on their lower
     sides (:func:`pooled_lower_sides` of ``inside``, the parent's events inside the reference, and ``outside``;
@@ -2479,11 +2485,14 @@ def _outside_moved(density: Density, stained: np.ndarray, outside: np.ndarray, i
     of the parent follows that valley (dim positives lie below it), at any height with a shallow valley or none
     above their negative peak (their positives a shoulder or a tail on their upper side); else to the valley where
     it lies above ``cut``;
-    otherwise a log-normal fit's cut above those negatives moved down to them (:func:`_fit_lowered`). What it found
+    otherwise a log-normal fit's cut above those negatives moved down to them (:func:`_fit_lowered`), and a skew carry's
+    raised cut bounded by them (:func:`_skew_bounded`, ``dense_cut_ratio`` its density limit). What it found
     recorded in ``diagnostics`` (``outside_cut``, ``outside_peak``, ``outside_prominent``, ``outside_raised_from``,
     ``outside_moved_points``: % of the stained parent between the two cuts, and :func:`_pooled_recorded`'s)."""
     if not outside_inside(outside_reading(stained, outside, cut)):
-        return _fit_lowered(density, stained, (inside, outside), bandwidth, percentile, winner, cut, diagnostics)
+        winner, cut = _fit_lowered(density, stained, (inside, outside), bandwidth, percentile, winner, cut, diagnostics)
+        return _skew_bounded(density, stained, (inside, outside), bandwidth, percentile, winner, cut, diagnostics,
+                             dense_cut_ratio)
     peak = outside_peak(density, outside, bandwidth)
     found = outside_valley(density, peak, min_prominence) if peak is not None else None
     valley, prominent = found if found is not None else (float("nan"), False)
@@ -2529,6 +2538,55 @@ def _fit_lowered(density: Density, stained: np.ndarray, groups: tuple[np.ndarray
         return winner, cut
     _pooled_recorded(diagnostics, pooled, read)
     diagnostics.update(outside_lowered_from=fit_cut, outside_moved_points=points_between(stained, pooled, fit_cut))
+    return "outside_pooled", pooled
+
+
+DENSE_BANDWIDTH = 0.03
+"""Bandwidth (transformed units) of the density :func:`peak_density_ratio` reads (``checks.DELTA``, the
+``cut_in_dense_region`` check's)."""
+
+
+def peak_density_ratio(values: np.ndarray, cut: float, mode: float, bandwidth: float = DENSE_BANDWIDTH) -> float:
+    """Density of ``values`` at ``cut`` / density at their negative ``mode`` (smoothed histogram, ``bandwidth``;
+    transformed units): the ``cut_in_dense_region`` check's ``cut_density_ratio`` (``checks.place_and_check``), above
+    about a half inside the negative peak; NaN without a finite mode, 20 values or a density at the mode."""
+    x = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(mode) or x.size < 20:
+        return float("nan")
+    density = smoothed_density(x, bandwidth, float(x.min()) - 3 * bandwidth, float(x.max()) + 3 * bandwidth)
+    at = np.interp([cut, mode], density.grid, density.values)
+    return float(at[0] / at[1]) if at[1] > 0 else float("nan")
+
+
+def _skew_bounded(density: Density, stained: np.ndarray, groups: tuple[np.ndarray, ...], bandwidth: float,
+                  percentile: float, winner: str, cut: float, diagnostics: dict[str, Any], dense_cut_ratio: float,
+                  ) -> tuple[str, float]:
+    """:func:`_outside_moved`'s bound on a skew carry's cut (winner ``skew_carry``) that no other move took: the
+    parent's negatives read on their lower sides (:func:`pooled_lower_sides` of ``groups``, its events inside and
+    outside the reference). The cut moves up to them where it lies inside the parent's dense negative peak
+    (:func:`peak_density_ratio` at the cut above ``dense_cut_ratio``) below them: the carry adds the reference's skew
+    to the parent's own binding read about the negative peak nearest the control's (or on the reference's shift,
+    ``skew_lowered_points``), which can lie below its negatives' bulk. A raised cut (no ``skew_lowered_points``)
+    moves down to them where it lies above them and they lie at or above the cut it was raised from (the raise alone
+    overshoots what the parent's negatives show: CD56's reference, ``not_CD8``, holds the NK cells, whose dim edge next
+    to its negatives reads as binding skew under heavy binding) or that cut was a log-normal fit's (``fit_log_sd`` >
+    0), which :func:`_fit_lowered` moves down to them unraised (the raise hid it from that move: V191734, NKT -2.3
+    points with a raise of 0.002). Winner ``outside_pooled``, :func:`_pooled_recorded`'s numbers,
+    ``skew_bounded_from`` the skew carry's cut, ``skew_bound_ratio`` the density ratio at it, ``outside_moved_points``
+    the % of the stained parent between the two; any other cut unchanged."""
+    if winner != "skew_carry":
+        return winner, cut
+    pooled, read = pooled_lower_sides(density, groups, bandwidth, percentile)
+    ratio = peak_density_ratio(stained, cut, float(diagnostics["stained_mode"]))
+    up = pooled > cut and ratio > dense_cut_ratio   # NaN: no group read, or no peak density
+    # a raise from a log-normal fit's cut above them: that cut itself moves down to them (_fit_lowered)
+    below = float(diagnostics["skew_raised_from"]) <= pooled or diagnostics.get("fit_log_sd", 0.0) > 0
+    down = "skew_lowered_points" not in diagnostics and pooled < cut and below
+    if not (up or down):
+        return winner, cut
+    _pooled_recorded(diagnostics, pooled, read)
+    diagnostics.update(skew_bounded_from=cut, skew_bound_ratio=ratio,
+                       outside_moved_points=points_between(stained, cut, pooled))
     return "outside_pooled", pooled
 
 
