@@ -24,7 +24,8 @@ controls) go down the strategy's population tree together, population by populat
   first valley above their negative peak (winner ``outside_valley``), or to the parent's negatives read on their
   lower sides, its cells in and outside the reference, where those lie lower or the valley is shallow or missing
   (winner ``outside_pooled``, flagged but below a prominent valley; a log-normal fit's cut above those negatives
-  moves down to them, ``outside_pooled`` too, flagged)
+  moves down to them, ``outside_pooled`` too, flagged; so does a skew carry's cut inside the dense negative peak,
+  up, or raised above them, down: ``placement._skew_bounded``, flagged, stop 60)
   and ``uncertain_threshold`` flags a cut still
   below their median (``checks.fallback_outside_check``); without a usable
   one it falls back to the density valley on the stained tube's parent events, with those flags and

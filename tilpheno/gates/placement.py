@@ -2569,7 +2569,7 @@ def _skew_bounded(density: Density, stained: np.ndarray, groups: tuple[np.ndarra
     ``skew_lowered_points``), which can lie below its negatives' bulk. A raised cut (no ``skew_lowered_points``)
     moves down to them where it lies above them and they lie at or above the cut it was raised from (the raise alone
     overshoots what the parent's negatives show: CD56's reference, ``not_CD8``, holds the NK cells, whose dim edge next
-    to its negatives reads as binding skew under heavy binding) or that cut was a log-normal fit's (``fit_log_sd`` >
+    to its negatives can read as binding skew under heavy binding) or that cut was a log-normal fit's (``fit_log_sd`` >
     0), which :func:`_fit_lowered` moves down to them unraised (the raise hid it from that move: V191734, NKT -2.3
     points with a raise of 0.002). Winner ``outside_pooled``, :func:`_pooled_recorded`'s numbers,
     ``skew_bounded_from`` the skew carry's cut, ``skew_bound_ratio`` the density ratio at it, ``outside_moved_points``

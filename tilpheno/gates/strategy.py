@@ -55,7 +55,9 @@ fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200
                      negatives read on their lower sides, in and outside the reference,
                      where those lie lower or the valley is shallow or missing
                      (outside_pooled, flagged but below a prominent valley; a log-normal
-                     fit's cut above them moves down to them, outside_pooled too) and is
+                     fit's cut above them moves down to them, outside_pooled too, and a
+                     skew carry's cut inside the dense negative peak up or raised above
+                     them down, stop 60) and is
                      flagged when most still lie
                      above it (checks.fallback_outside_check); any (they may be positives, e.g.
                      PD1's T cells): neither
