@@ -1080,3 +1080,35 @@ def test_a_fit_cut_the_skew_carry_raised_a_little_still_moves_down_to_the_parent
     message = flags["CD56+", "uncertain_threshold"].message
     assert (f"moved down from the skew carry's {float(d['skew_bounded_from']):.3f}" in message
             and "the log-normal binding fit's cut it raised lay above them too" in message), message
+
+def test_the_fallback_skew_carry_reads_the_reference_without_its_own_positive_peak(tmp_path, monkeypatch):
+    """Stop 60 (pd1guard_60): V193474 (drawn bench phenomena) without its PD1 FMO, anchored on its unstained control.
+    Its ``non_T`` reference (about 1,040 events) is 21 % PD1+ by label, and their peak above the negatives (about 0.3
+    of the negative peak's height, the valley just above 20 % of it) made the skew carry's upper-side read run through
+    them: skew 2,242 linear units (294 on the reference's PD1- events by label), every PD1 variable 7.3-10.9 points
+    under the simulator's ideal-FMO reference. With that peak mirrored and taken out of the read
+    (``placement.upper_without_positives``, lower than the negative peak) the skew is within 150 units of the label
+    read (381) and every PD1 variable within 3 points of the reference (still over by 1.4-2.8, the normal carry of a
+    log-normal tail), each gate still flagged missing_fmo and fallback_gate."""
+    from tilpheno.gates import checks
+    from tilpheno.gates import placement as pl
+
+    calls, place = {}, checks.place_and_check
+
+    def recording(population, marker, fmo_values, stained_values, **kw):
+        calls.setdefault(population, (np.array(fmo_values), kw))
+        return place(population, marker, fmo_values, stained_values, **kw)
+
+    monkeypatch.setattr(checks, "place_and_check", recording)
+    prod, result, stained, _ = _without_pd1_fmo(tmp_path, 193474, 20000, unstained=True)
+    for gate, variable in VARIABLES.items():
+        error = result.phenotype[variable] - prod.truth[f"ref_{variable}"]
+        assert abs(error) < 3.0, (gate, error)
+    positive = np.asarray(prod.tube("surface", "stain").data.labels["pd1"], dtype=bool)[np.asarray(stained.masks["non_T"])]
+    assert 0.15 < positive.mean() < 0.25, positive.mean()
+    control, kw = calls["PD1+"]
+    assert kw["skew_stained"].size == positive.size
+    clean = pl.reference_binding(control, kw["skew_stained"][~positive], kw["transform"])
+    assert clean is not None
+    for gate in PARENTS:
+        assert abs(stained.diagnostics[gate]["skew_extra"] - clean.skew) < 150.0, (gate, clean.skew)

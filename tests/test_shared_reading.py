@@ -3,6 +3,8 @@ binding read on ``non_T`` from one PD1 FMO; when a check on one of them finds th
 (``reference_above_points``), the others carrying it are flagged too (``tilpheno.gates.shared_reading``)."""
 from __future__ import annotations
 
+import pytest
+
 from tilpheno.gates.shared_reading import reading_key, shared_reading_flags
 
 PARAMS = {"rule": "relative", "skew_reference": "non_T"}
@@ -120,7 +122,6 @@ def test_every_check_that_fired_on_the_reading_is_named_on_every_gate_carrying_i
     carry-over and the cut, and between the cut and the log-normal cut, counted on the events here; the
     other gates' flags and the record name both too, in READING_CHECKS order."""
     import numpy as np
-    import pytest
 
     from tilpheno.gates import checks
     from tilpheno.gates.shared_reading import reading_verdicts
@@ -396,20 +397,21 @@ def test_the_engines_verdict_quotes_no_held_size():
 
 
 def test_a_reading_far_above_the_parents_own_carry_over_is_moved_down_to_it(tmp_path):
-    """Development product V188146 (stop 59; bench phenomena drawn by its seed, then PD1 binding set to 242.7 units
-    with log-SD 0.797, as ``validate_gating.py --set pd1_binding=150-300 --set pd1_binding_sd=0.6-0.8`` draws them):
-    its ``non_T`` reference holds some 900 events, 19 % of them PD1+ (the product's PD1+ share of the non-T
-    lymphocytes drawn at 0.20), and the reference's upper-side read takes them for a binding tail (skew 2,934 linear
-    units; 487 without them). Every PD1 gate's cut lay 10-16 points of its parent above the parent's own upper-side
-    carry-over (``reference_above_points``): PD1+ of live lymphocytes 14.2, CD8+PD1+ of CD8 16.6 and CD4+PD1+ of CD4
-    10.0 points under the ideal-FMO reference, flagged, the values kept. Now the placement moves each cut down to
-    that carry-over (``placement.reference_capped_cut``: more than twice the 3-point limit above it) and the flag
-    stays, saying so: within 2.5, 3.5 and 1.5 points of the reference (signed +1.9, -3.2, -0.1)."""
+    """Development product V190643 (stop 60; bench phenomena drawn by its seed, then PD1 binding set to 299.3 units
+    with log-SD 0.784, as ``validate_gating.py --set pd1_binding=150-300 --set pd1_binding_sd=0.6-0.8`` draws them):
+    its ``non_T`` reference holds some 1,760 events, 18 % of them PD1+ (the product's PD1+ share of the non-T
+    lymphocytes drawn at 0.185), and the reference's upper-side read takes them for a binding tail (skew 2,165 linear
+    units); they make no peak prominent enough to be left out of that read (``placement.upper_without_positives``).
+    Every PD1 gate's reading cut lies 8-12 points of its parent above the parent's own upper-side carry-over
+    (``reference_above_points``); the placement moves each cut down to that carry-over
+    (``placement.reference_capped_cut``: more than twice the 3-point limit above it, stop 59) and the flag stays,
+    saying so: within 2.5, 3.5 and 1.5 points of the ideal-FMO reference (signed +1.7, +0.2, +0.2). Stop 59 showed
+    this on V188146, whose reference's positives are now left out of the read (the test below)."""
     from tilpheno.gates.checks import needs_review
     from tilpheno.gates.strategy import default_strategy_paths, load_strategy
     from tilpheno.phenotype import analyze_product
 
-    prod, manifest = _heavy_pd1_product(tmp_path, 188146, 242.73081727395345, 0.7971261435294652)
+    prod, manifest = _heavy_pd1_product(tmp_path, 190643, 299.2500855593098, 0.7842206651240052)
     result = analyze_product(prod.product_id, manifest, [load_strategy(p) for p in default_strategy_paths()])
     d = next(t for t in result.tubes if t.role == "stain" and "CD8+PD1+" in t.diagnostics).diagnostics
     review = [f for f in result.qc if needs_review(f) and f.code == "uncertain_threshold"]
@@ -421,3 +423,84 @@ def test_a_reading_far_above_the_parents_own_carry_over_is_moved_down_to_it(tmp_
         assert g["reference_above_points"] > 6.0 and g["reference_capped_from"] > g["threshold"], g
         assert g["threshold"] == g["relative_high"], g
         assert any("the threshold was moved down to that carry-over" in f.message for f in review if f.gate == gate), gate
+
+
+@pytest.mark.parametrize("seed, binding, log_sd, main_cd8", [(190683, 227.1211536798275, 0.7721193966695084, -12.17),
+                                                             (188146, 242.73081727395345, 0.7971261435294652, -3.15)])
+def test_the_references_own_positive_peak_is_left_out_of_its_upper_side_read(tmp_path, seed, binding, log_sd, main_cd8):
+    """Development products V190683 and V188146 (bench phenomena drawn by the seed, then heavy PD1 binding set as
+    ``validate_gating.py --set pd1_binding=150-300 --set pd1_binding_sd=0.6-0.8`` draws it): a small ``non_T``
+    reference (1,330 and 900 events), 20 % and 19 % of it PD1+ by label (the products' PD1+ share of the non-T
+    lymphocytes drawn at 0.20), whose positives make a peak above its negatives with a valley above 20 % of the
+    negative peak's height. The upper-side read at that level ran through them: skew 2,673 and 2,934 linear units,
+    389 and 488 on the reference's PD1- events by label. Stop 59's cap moved the cuts down to each parent's own
+    upper-side carry-over, which CD8+PD1+'s positives next to its negatives raise: CD8+PD1+ of CD8 was
+    ``main_cd8`` points under the ideal-FMO reference. Now the reference's positive peak, mirrored about its mode, is
+    taken out of the read (``placement.upper_without_positives``): the skew within 150 linear units of the read on the
+    PD1- events by label (398 and 627), and every PD1 variable within 1.5 points of the ideal-FMO reference."""
+    from tilpheno.gates import placement as pl
+    from tilpheno.gates.strategy import default_strategy_paths, load_strategy
+    from tilpheno.phenotype import analyze_product
+
+    prod, manifest = _heavy_pd1_product(tmp_path, seed, binding, log_sd)
+    strategies = [load_strategy(p) for p in default_strategy_paths()]
+    result = analyze_product(prod.product_id, manifest, strategies)
+    for variable in ("pd1_pct_of_live_lymph", "cd8pd1_pct_of_cd8", "cd8pd1_pct_of_cd3", "cd4pd1_pct_of_cd4"):
+        error = result.phenotype[variable] - prod.truth[f"ref_{variable}"]
+        assert abs(error) < 1.5, (variable, error)
+    tubes = {(t.role, t.fmo_marker): t for t in result.tubes if t.tube == "surface"}
+    stained, fmo = tubes[("stain", None)], tubes[("fmo", "PD1")]
+    positive = prod.tube("surface", "stain").data.labels["pd1"][stained.masks["non_T"]]
+    reference = (fmo.data["PD1"][fmo.masks["non_T"]], stained.data["PD1"][stained.masks["non_T"]])
+    transform = next(s for s in strategies if s.tube == "surface").transform_for("PD1")
+    assert 0.15 < positive.mean() < 0.25, positive.mean()
+    clean = pl.reference_binding(reference[0], reference[1][~positive], transform)
+    assert clean is not None
+    for gate in ("PD1+", "CD8+PD1+", "CD4+PD1+"):   # one reading, every gate carrying it
+        assert abs(stained.diagnostics[gate]["reference_extra"] - clean.skew) < 150.0, (gate, clean.skew)
+
+
+def test_the_upper_side_read_leaves_out_a_positive_peak_beyond_the_controls_reach():
+    """Synthetic density on the transformed scale: 1,600 negatives normal about 0.30 (SD 0.07) and 400 positives about
+    0.52 (SD 0.04), the valley between them above 20 % of the negative peak's height. The plain read
+    (``placement._upper_width``) runs into the positives, past their mode; with their peak mirrored and taken out
+    (``placement.upper_without_positives``) it ends within 0.02 of the negatives' own 20 % point, 0.30 + 0.07 x
+    sqrt(-2 ln 0.2) = 0.426. Not moved: the negatives alone (no peak above them), nor a peak within the control's
+    carried reach (taken for a double top of the negatives)."""
+    import numpy as np
+
+    from tilpheno.gates import placement as pl
+
+    rng = np.random.default_rng(7)
+    negatives = rng.normal(0.30, 0.07, 1600)
+    density = pl.smoothed_density(np.concatenate([negatives, rng.normal(0.52, 0.04, 400)]), 0.02, -0.1, 1.0)
+    assert pl._upper_width(density, 0.30, pl.REFERENCE_LEVEL) > 0.52
+    read = pl.upper_without_positives(density, 0.30, reach=0.45)
+    assert read is not None and abs(read - (0.30 + 0.07 * np.sqrt(-2 * np.log(pl.REFERENCE_LEVEL)))) < 0.02, read
+    assert pl.upper_without_positives(pl.smoothed_density(negatives, 0.02, -0.1, 1.0), 0.30, reach=0.45) is None
+    assert pl.upper_without_positives(density, 0.30, reach=0.6) is None
+
+
+def test_a_peak_above_taller_than_the_negative_one_is_not_taken_for_positives():
+    """Synthetic density on the transformed scale, development product V191120's kind (stop 60): 200 events normal
+    about 0.20 (SD 0.03), a small bump read as the negatives, and 1,600 about 0.42 (SD 0.07), the real negative peak,
+    beyond the control's carried reach (0.30) and with the valley between them above 20 % of the bump's height. The
+    plain read (``placement._upper_width``) runs past 0.42; without the guard that peak was mirrored and taken out as
+    the reference's positives (V191120: skew 3,664 -> 82 linear units, PD1+ 37 points over the ideal-FMO reference).
+    A peak at least as high as the one read as the negatives is not a marker-poor reference's positives: the read
+    is left as it is (``placement.upper_without_positives`` None), while a lower peak above the negatives (1,600
+    about 0.20, SD 0.07; 400 about 0.40, SD 0.04) is still taken out: the read ends within 0.02 of the negatives' own
+    20 % point, 0.20 + 0.07 x sqrt(-2 ln 0.2) = 0.326."""
+    import numpy as np
+
+    from tilpheno.gates import placement as pl
+
+    rng = np.random.default_rng(7)
+    bump, negatives = rng.normal(0.20, 0.03, 200), rng.normal(0.42, 0.07, 1600)
+    density = pl.smoothed_density(np.concatenate([bump, negatives]), 0.02, -0.1, 1.0)
+    assert pl._upper_width(density, 0.20, pl.REFERENCE_LEVEL) > 0.42
+    assert pl.upper_without_positives(density, 0.20, reach=0.30) is None
+    lower = pl.smoothed_density(np.concatenate([rng.normal(0.20, 0.07, 1600), rng.normal(0.40, 0.04, 400)]),
+                                0.02, -0.1, 1.0)
+    read = pl.upper_without_positives(lower, 0.20, reach=0.30)
+    assert read is not None and abs(read - (0.20 + 0.07 * np.sqrt(-2 * np.log(pl.REFERENCE_LEVEL)))) < 0.02, read

@@ -1659,12 +1659,14 @@ def fit_cut_error(fmo_values: np.ndarray, stained_values: np.ndarray, transform:
 
 
 def _upper_spread(transform: Any, fmo_density: Density, density: Density, fmo_mode: float, stained_mode: float,
-                  level: float, default: float) -> float:
+                  level: float, default: float, stained_upper: float | None = None) -> float:
     """Added spread (linear units, as a normal SD) read on the negative peak's upper side: the
     distances from each mode up to where its density falls to ``level`` x the mode's, stained vs
-    FMO, in quadrature, divided by sqrt(-2 ln level). ``default`` when either distance is not positive."""
+    FMO, in quadrature, divided by sqrt(-2 ln level). ``default`` when either distance is not positive.
+    ``stained_upper``: the stained side's point read otherwise (transformed units; :func:`upper_without_positives`)."""
     fm, sm = transform.inverse(np.array([fmo_mode, stained_mode]))
-    uf, us = transform.inverse(np.array([_upper_width(fmo_density, fmo_mode, level), _upper_width(density, stained_mode, level)]))
+    upper = _upper_width(density, stained_mode, level) if stained_upper is None else stained_upper
+    uf, us = transform.inverse(np.array([_upper_width(fmo_density, fmo_mode, level), upper]))
     if not (uf > fm and us > sm):
         return default
     return float(np.sqrt(max((us - sm) ** 2 - (uf - fm) ** 2, 0.0)) / np.sqrt(-2.0 * np.log(level)))
@@ -1676,6 +1678,54 @@ marker-poor population's upper side: low enough to follow a right-skewed nonspec
 population with few positives does not confuse with positives next to the negatives."""
 MIN_REFERENCE_EVENTS = 200
 """Events (in the FMO and in the stained tube) below which a skew reference is not measured."""
+REFERENCE_REACH = 99.5
+"""Percentile of the reference's FMO events, carried with the read shift and lower-side spread
+(:func:`additive_threshold`), beyond which :func:`positive_peak_above` looks for the reference's positives."""
+REFERENCE_POSITIVE_PROMINENCE = 0.05
+"""Prominence (fraction of the highest density) of a peak above a reference's negatives that
+:func:`upper_without_positives` takes for the reference's own positives."""
+
+
+def positive_peak_above(density: Density, mode: float, reach: float,
+                        min_prominence: float = REFERENCE_POSITIVE_PROMINENCE) -> tuple[int, int] | None:
+    """The first peak above ``reach`` (transformed units: where the reference's FMO, carried with its binding's shift
+    and lower-side spread, reaches) with prominence >= ``min_prominence`` (:meth:`Density.peaks`) and the valley
+    between it and the negative peak's ``mode``, as grid indices (peak, valley); None when there is none, or when that
+    peak's density is not below the density at ``mode``. A peak within that reach is the negatives' own (a flat or
+    double top), not positives; so is a peak at least as high as the one at ``mode``: a marker-poor reference's
+    positives are its minority, and a taller peak above means a small bump was read as the negatives (before that
+    guard, stop 60: development product V191120's real negative peak taken for positives, PD1+ 37 points over the
+    ideal-FMO reference)."""
+    i = min(int(np.searchsorted(density.grid, mode)), density.values.size - 1)
+    peaks, _ = density.peaks(min_prominence)
+    above = [int(p) for p in peaks if p > i + 1 and density.grid[p] > reach]
+    if not above or density.values[above[0]] >= density.values[i]:
+        return None
+    return above[0], density.valley(i, above[0])
+
+
+def upper_without_positives(density: Density, mode: float, reach: float, level: float = REFERENCE_LEVEL) -> float | None:
+    """Where (grid value, transformed units) the negatives' density falls to ``level`` x its height at ``mode``,
+    going up, with a positive peak above them taken out (:func:`positive_peak_above`: beyond ``reach``, lower than the
+    negative peak): the peak mirrored about its mode (its upper side standing for its lower side, symmetric in
+    transformed units as a log-normal population is) and subtracted from the density between the two modes; the read
+    ends at the peak at the latest. Only where the valley before that peak lies at or above ``level`` x the negative
+    mode's density: there the plain read (:func:`_upper_width`) runs through the positives to their far side and
+    reads them as a binding tail. None (read as usual) otherwise: a valley below that level already ends the plain
+    read on the negatives' side."""
+    found = positive_peak_above(density, mode, reach)
+    if found is None:
+        return None
+    peak, valley = found
+    i = min(int(np.searchsorted(density.grid, mode)), density.values.size - 1)
+    if density.values[valley] < level * density.values[i]:
+        return None
+    j = np.arange(i, peak + 1)
+    mirror = 2 * peak - j
+    positives = np.where(mirror < density.values.size, density.values[np.minimum(mirror, density.values.size - 1)], 0.0)
+    negatives = density.values[j] - np.minimum(positives, density.values[j])
+    below = np.nonzero(negatives < level * negatives[0])[0]
+    return float(density.grid[j[below[0]] if below.size else peak])
 
 
 @dataclass(frozen=True)
@@ -1765,7 +1815,11 @@ def reference_binding(fmo_values: np.ndarray, stained_values: np.ndarray, transf
     finite events or no negative peak near the FMO's. Every cell of the tube gets the same
     nonspecific signal (additive model, :func:`additive_threshold`), so what is read where
     positives are few carries to a gated parent whose dim positives pull its own negative mode
-    and lower side up (CD8+ T cells for PD1)."""
+    and lower side up (CD8+ T cells for PD1). The reference's own positives, where they make a peak above its
+    negatives, lower than the negative peak, with a valley at or above ``level`` (a small PD1-rich non-T reference),
+    are taken out of the upper-side read (:func:`upper_without_positives`; before stop 60 the read ran through them
+    and took them for a binding tail: skew 2,673 linear units instead of 389 without them by label on development
+    product V190683, CD8+PD1+ 12 points under the ideal-FMO reference)."""
     f = np.asarray(fmo_values, dtype=np.float64)
     s = np.asarray(stained_values, dtype=np.float64)
     f, s = f[np.isfinite(f)], s[np.isfinite(s)]
@@ -1782,7 +1836,10 @@ def reference_binding(fmo_values: np.ndarray, stained_values: np.ndarray, transf
     if not (np.isfinite(fw) and np.isfinite(sw)):
         return None
     lower = float(np.sqrt(max(sw**2 - fw**2, 0.0)))
-    upper = _upper_spread(transform, fmo_coarse, coarse, fmo.mode, neg.mode, level, lower)
+    # the FMO's own events carried with the shift and lower-side spread (normal) reach this far: its positives lie beyond
+    reach = float(transform.apply(np.array([additive_threshold(f_lin, float(sm - fm), lower, REFERENCE_REACH)]))[0])
+    upper = _upper_spread(transform, fmo_coarse, coarse, fmo.mode, neg.mode, level, lower,
+                          upper_without_positives(coarse, neg.mode, reach, level))
     return ReferenceBinding(float(sm - fm), lower, float(np.sqrt(max(upper**2 - lower**2, 0.0))),
                             float(neg.mode - fmo.mode), float(fmo.width), float(sw / fw) if fw > 0 else 1.0)
 
