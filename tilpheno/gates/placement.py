@@ -2263,7 +2263,7 @@ def place_fmo_anchored(
     outside_values: np.ndarray | None = None,
     inside_values: np.ndarray | None = None,
     reference_cap_points: float = math.inf,
-    dense_cut_ratio: float = math.inf,
+    dense_cut_ratio: float = 0.45,
 ) -> Placement:
     """Positive gate ``x > threshold``: the FMO sets the scale, the stained tube is the evidence (``control_name``: the
     control's name in the ``note`` and flags, ``unstained control`` where that stands in for the FMO).
@@ -2370,7 +2370,7 @@ def place_fmo_anchored(
     spillover is what raises the parent's mode (NKT over-called by up to 3.5 points under heavy CD56 binding, stop 58).
     A skew carry's cut that none of those moves took is bounded by those negatives too (:func:`_skew_bounded`,
     stop 60): moved up to them from inside the parent's dense negative peak (density at the cut above
-    ``dense_cut_ratio`` of the peak's; ``checks.place_and_check`` passes its own, 0.45), and a raised one down to them
+    ``dense_cut_ratio`` of the peak's, the strategy's ``dense_cut_ratio``, default 0.45, the ``cut_in_dense_region`` check's limit), and a raised one down to them
     from above where they lie at or above the cut it was raised from (the over-raise) or that cut was a log-normal
     fit's; ``skew_bounded_from`` records the carry's cut.
     """
