@@ -432,6 +432,50 @@ def test_quantile_carry_flags_a_reference_with_positives_in_it():
             in flags[0].message and len(flags) == 1), flags
 
 
+def test_quantile_carry_on_an_unstained_control_judges_the_reference_by_its_positives_alone():
+    """Issue 13, stop 60 (foxmsg_60): without its FMO a ``reference_carry: quantile`` gate keeps its reference, the
+    unstained control standing in for the FMO of both the parent and the reference (``skew_stained`` given:
+    ``phenotype._TubeKindRun._on_unstained``), so the cut is the reference's own stained 99.5th percentile. The
+    parent's own carry-over of the control's percentile lacks the binding that cut carries: with it as the comparator
+    (``reference_above_points``) a right cut was called an under-call. Known truth (``treg_populations``, generator seed
+    193690): a CD4+ parent with 10 % FoxP3+ cells, a matched reference clean or with 2 % FoxP3+ cells at the Tregs'
+    intensity, both with the stained tube's spillover spread and binding (median 150 linear units, log-SD 0.7), and an
+    unstained control with neither (autofluorescence SD 60 only). Clean: within 1 point of the ideal (the parent's
+    stained negatives' 99.5th percentile) and no ``uncertain_threshold`` (before: 3.9 points above the parent's own
+    carry-over, flagged 'under-call' at +0.2 points); contaminated: more than 3 points under-called and flagged by the
+    direct test for the reference's positives (``reference_positive_points``) alone, its message and
+    ``reading_verdict`` naming it."""
+    from tilpheno.gates import checks
+    from tilpheno.transforms import Logicle
+
+    tr = Logicle()
+    rng = np.random.default_rng(193690)
+    population = treg_populations(rng)
+    _, stained, negatives = population(8000, 0.10)
+    s = tr.apply(stained)
+    ideal = tr.apply(np.array([np.percentile(negatives, 99.5)]))[0]
+    control = tr.apply(rng.normal(0.0, 60.0, 20000))   # no spillover spread, no binding
+    err = lambda p: 100.0 * (np.mean(s > p.diagnostics["threshold"]) - np.mean(s > ideal))   # noqa: E731
+    results = {}
+    for share in (0.0, 0.02):
+        reference = tr.apply(population(10000, share)[1])
+        results[share] = checks.place_and_check(
+            "CD4+FoxP3+", "FoxP3", control, s, percentile=99.5, source_file="", transform=tr, rule="relative",
+            width_side="mid", reference_carry="quantile", reference_fmo=control, reference_stained=reference,
+            skew_stained=reference, control_name="unstained control")
+    clean, dirty = results[0.0], results[0.02]
+    assert clean.diagnostics["relative_carry"] == "reference" and abs(err(clean)) < 1.0, (err(clean), clean.diagnostics)
+    assert "reference_above_points" not in clean.diagnostics, clean.diagnostics
+    assert not [f for f in clean.flags if f.code == "uncertain_threshold"], clean.flags
+    assert err(dirty) < -3.0, err(dirty)
+    d = dirty.diagnostics
+    assert d["reference_positive_points"] > 3.0 and d["reading_verdict"] == ("reference_positive_points",), d
+    [flag] = [f for f in dirty.flags if f.code == "uncertain_threshold"]
+    assert flag.severity == "warning" and flag.message.startswith("CD4+FoxP3+ (FoxP3): "), flag
+    assert (f"{d['reference_positive_pct']:.2f}% of the reference population's stained events are FoxP3+" in flag.message
+            and "above the parent's own carry-over" not in flag.message), flag.message
+
+
 def test_quantile_carry_stands_when_the_negatives_moved_less_than_the_tolerance():
     """A FoxP3 tube whose stain adds little (binding 25 x exp(0.65 Z) plus spreading SD 50, linear
     units) to negatives sitting at 100 units with SD 108: the negative mode moves less than a quarter

@@ -37,7 +37,9 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     ``uncertain_points`` points of the parent above the parent's own mid carry-over (halfway between
     ``relative_low`` and ``relative_high``, the cut the gate has without the reference;
     ``reference_above_points``): marker+ cells in the reference (CD8+FoxP3+ T cells) raise its
-    stained percentile and the cut, upwards only); and when the reference's positives themselves
+    stained percentile and the cut, upwards only; not measured where the unstained control stands in for the FMO
+    of both the parent and the reference, ``skew_stained`` given: that carry-over lacks the binding the cut
+    carries, and called right cuts under-calls, stop 60, foxmsg_60); and when the reference's positives themselves
     move the cut (``reference_positive_points``, :func:`reference_positives`: the reference's
     stained events above the median of the parent's positives, beyond its FMO's share there, taken
     as half of its positives; the cut re-read without that many of its brightest events lies more
@@ -486,7 +488,9 @@ def place_and_check(
     unstained`` gate and where it stands in for a missing FMO, ``phenotype._TubeKindRun._on_unstained``).
     ``skew_stained``: there, the ``skew_reference`` population's stained events, whose right-skewed binding tail
     against the control (``placement.reference_binding``) raises the cut (``placement.place_fmo_anchored``'s
-    ``skew_binding``, winner ``skew_carry``), a cut judged by that reading (module docstring). The
+    ``skew_binding``, winner ``skew_carry``), a cut judged by that reading (module docstring); with
+    ``reference_carry`` ``quantile`` (the control standing in for the FMO of the reference too) no
+    ``reference_above_points``. The
     diagnostics keep every number as measured and name those gates (``resting_on``): they
     are the API's, written to no output (``tilpheno.gating.GatingResult``)."""
     if stained_values is None or np.count_nonzero(np.isfinite(stained_values)) < 20:
@@ -664,11 +668,14 @@ def place_and_check(
             if referenced and reference_carry == "quantile":
                 # FoxP3+ (marker+) cells inside the reference raise its stained percentile and so this
                 # cut, upwards only: compare it with the parent's own carry-over of the FMO percentile
-                # that the parent's positives move least (its negative peak's lower-side spread)
-                own = 0.5 * (low + high)
-                d["reference_above_points"] = _points_between(stained, own, cut) if cut > own else 0.0
+                # that the parent's positives move least (its negative peak's lower-side spread). Not with an
+                # unstained control standing in for the FMO of both (skew_stained, the fallback): that carry-over
+                # lacks the binding the cut carries and lies below right cuts (stop 60, foxmsg_60)
                 messages = []
-                if d["reference_above_points"] > uncertain_points:
+                if skew_stained is None:
+                    own = 0.5 * (low + high)
+                    d["reference_above_points"] = _points_between(stained, own, cut) if cut > own else 0.0
+                if d.get("reference_above_points", 0.0) > uncertain_points:
                     messages.append(f"the threshold {cut:.3f} read on the reference population "
                                     f"(reference_carry quantile) lies {_points(d['reference_above_points'], uncertain_points, held)} of the "
                                     f"parent above the parent's own carry-over of the {control_name} percentile {own:.3f} "
