@@ -216,7 +216,9 @@ import numpy as np
 from tilpheno.gates import placement as pl
 from tilpheno.qc import NEEDS_REVIEW, NO_REVIEW_FLAGS, REVIEW_CODES, needs_review, review_status  # noqa: F401  (re-exported)
 
-DELTA = 0.03
+DELTA = pl.DENSE_BANDWIDTH
+"""The checks' smoothing scale (transformed units): the ``cut_in_dense_region`` density's bandwidth
+(``placement.peak_density_ratio``, which ``placement._skew_bounded`` reads too) and the cut's neighbourhood."""
 UNSTAINED_LIMIT = 1.0
 """% of an unstained control's parent events above a stained tube's positive threshold that raises
 ``unstained_positive``."""
@@ -549,7 +551,7 @@ def place_and_check(
         d["sensitivity_points"] = sens
         t_fmo = float(d.get("fmo_threshold", cut))
         d["correction_points"] = _points_between(stained, cut, t_fmo)
-        d["cut_density_ratio"] = pl.peak_density_ratio(stained, cut, float(d.get("stained_mode", float("nan"))), DELTA)
+        d["cut_density_ratio"] = pl.peak_density_ratio(stained, cut, float(d.get("stained_mode", float("nan"))))
         below = 100.0 * np.count_nonzero(stained <= cut) / stained.size
         # a width_side: fit cut (no mode or width read) is judged by the fit's own evidence below
         fitted = d.get("winner") == "fmo_relative" and d.get("relative_carry") == "fit"

@@ -2599,8 +2599,8 @@ def _fit_lowered(density: Density, stained: np.ndarray, groups: tuple[np.ndarray
 
 
 DENSE_BANDWIDTH = 0.03
-"""Bandwidth (transformed units) of the density :func:`peak_density_ratio` reads (``checks.DELTA``, the
-``cut_in_dense_region`` check's)."""
+"""Bandwidth (transformed units) of the density :func:`peak_density_ratio` reads: the ``cut_in_dense_region``
+check's and :func:`_skew_bounded`'s, one scale (``checks.DELTA`` is this)."""
 
 
 def peak_density_ratio(values: np.ndarray, cut: float, mode: float, bandwidth: float = DENSE_BANDWIDTH) -> float:
