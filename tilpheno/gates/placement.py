@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from functools import lru_cache, partial, wraps
+from functools import cache, lru_cache, partial, wraps
 from typing import Any, Callable, Mapping, ParamSpec, TypeVar
 
 import numpy as np
@@ -2547,9 +2547,10 @@ def _outside_moved(density: Density, stained: np.ndarray, outside: np.ndarray, i
     recorded in ``diagnostics`` (``outside_cut``, ``outside_peak``, ``outside_prominent``, ``outside_raised_from``,
     ``outside_moved_points``: % of the stained parent between the two cuts, and :func:`_pooled_recorded`'s)."""
     if not outside_inside(outside_reading(stained, outside, cut)):
-        winner, cut = _fit_lowered(density, stained, (inside, outside), bandwidth, percentile, winner, cut, diagnostics)
-        return _skew_bounded(density, stained, (inside, outside), bandwidth, percentile, winner, cut, diagnostics,
-                             dense_cut_ratio)
+        # read once, when first needed: both moves bound by the same reading
+        pooled_read = cache(lambda: pooled_lower_sides(density, (inside, outside), bandwidth, percentile))
+        winner, cut = _fit_lowered(stained, pooled_read, winner, cut, diagnostics)
+        return _skew_bounded(stained, pooled_read, winner, cut, diagnostics, dense_cut_ratio)
     peak = outside_peak(density, outside, bandwidth)
     found = outside_valley(density, peak, min_prominence) if peak is not None else None
     valley, prominent = found if found is not None else (float("nan"), False)
@@ -2578,19 +2579,23 @@ def _pooled_recorded(diagnostics: dict[str, Any], pooled: float, read: list[tupl
                        pooled_outside_peak=outside_peak_, pooled_outside_sd=outside_sd)
 
 
-def _fit_lowered(density: Density, stained: np.ndarray, groups: tuple[np.ndarray, ...], bandwidth: float,
-                 percentile: float, winner: str, cut: float, diagnostics: dict[str, Any]) -> tuple[str, float]:
+PooledRead = Callable[[], tuple[float, list[tuple[float, float, int]]]]
+"""The parent's negatives read on their lower sides: :func:`pooled_lower_sides` of its events inside and outside the
+reference, read when first called (:func:`_outside_moved`)."""
+
+
+def _fit_lowered(stained: np.ndarray, pooled_read: PooledRead, winner: str, cut: float,
+                 diagnostics: dict[str, Any]) -> tuple[str, float]:
     """:func:`_outside_moved`'s downward move: a log-normal fit's cut (``fit_log_sd`` > 0; winner ``fmo_relative``, or
     ``skew_carry`` where the skew carry lowered it, ``skew_lowered_points``: its ``skew_raised_from``) above the
-    parent's negatives read on their lower sides (:func:`pooled_lower_sides` of ``groups``, the parent's events
-    inside and outside the reference) moved down to them: winner ``outside_pooled``, :func:`_pooled_recorded`'s
+    parent's negatives read on their lower sides (``pooled_read``) moved down to them: winner ``outside_pooled``, :func:`_pooled_recorded`'s
     numbers, ``outside_lowered_from`` the fit's cut, ``outside_moved_points`` the % of the stained parent between
     the two; any other cut unchanged."""
     skew_lowered = winner == "skew_carry" and "skew_lowered_points" in diagnostics
     if not (winner == "fmo_relative" or skew_lowered) or not diagnostics.get("fit_log_sd", 0.0) > 0:
         return winner, cut
     fit_cut = float(diagnostics["skew_raised_from"]) if skew_lowered else cut
-    pooled, read = pooled_lower_sides(density, groups, bandwidth, percentile)
+    pooled, read = pooled_read()
     if not pooled < fit_cut:   # NaN: no group read
         return winner, cut
     _pooled_recorded(diagnostics, pooled, read)
@@ -2615,12 +2620,10 @@ def peak_density_ratio(values: np.ndarray, cut: float, mode: float, bandwidth: f
     return float(at[0] / at[1]) if at[1] > 0 else float("nan")
 
 
-def _skew_bounded(density: Density, stained: np.ndarray, groups: tuple[np.ndarray, ...], bandwidth: float,
-                  percentile: float, winner: str, cut: float, diagnostics: dict[str, Any], dense_cut_ratio: float,
-                  ) -> tuple[str, float]:
+def _skew_bounded(stained: np.ndarray, pooled_read: PooledRead, winner: str, cut: float, diagnostics: dict[str, Any],
+                  dense_cut_ratio: float) -> tuple[str, float]:
     """:func:`_outside_moved`'s bound on a skew carry's cut (winner ``skew_carry``) that no other move took: the
-    parent's negatives read on their lower sides (:func:`pooled_lower_sides` of ``groups``, its events inside and
-    outside the reference). The cut moves up to them where it lies inside the parent's dense negative peak
+    parent's negatives read on their lower sides (``pooled_read``). The cut moves up to them where it lies inside the parent's dense negative peak
     (:func:`peak_density_ratio` at the cut above ``dense_cut_ratio``) below them: the carry adds the reference's skew
     to the parent's own binding read about the negative peak nearest the control's (or on the reference's shift,
     ``skew_lowered_points``), which can lie below its negatives' bulk. A raised cut (no ``skew_lowered_points``)
@@ -2633,7 +2636,7 @@ def _skew_bounded(density: Density, stained: np.ndarray, groups: tuple[np.ndarra
     the % of the stained parent between the two; any other cut unchanged."""
     if winner != "skew_carry":
         return winner, cut
-    pooled, read = pooled_lower_sides(density, groups, bandwidth, percentile)
+    pooled, read = pooled_read()
     ratio = peak_density_ratio(stained, cut, float(diagnostics["stained_mode"]))
     up = pooled > cut and ratio > dense_cut_ratio   # NaN: no group read, or no peak density
     # a raise from a log-normal fit's cut above them: that cut itself moves down to them (_fit_lowered)
