@@ -75,7 +75,10 @@ between runs of one invocation.
   summed up: the serial head (start to the first product) and its two branches (the fork server's
   preload; the parent's command line, manifest and run record up to its jobs ready), the
   products, the time one worker sat idle while another still ran (imbalance), the serial tail
-  (last product to exit).
+  (last product to exit), and the exit: the parent's exit handlers done, the parent process ended
+  (its CPU from ``wait4``: what the interpreter's teardown cost after the handlers), and the last
+  process holding the run's stderr gone (with ``--jobs N`` the fork server and multiprocessing's
+  resource tracker, which end once the parent has: what a caller reading the run's output waits for).
 - contention: why two processes at once fall short of 2x. Each round runs the cohort's two halves
   (as ``parallel``'s ceiling does) one after the other, then both at once, each a ``--jobs 1`` process
   that logs its own CPU (user, system; ``getrusage``) and minor page faults at its start, before and
@@ -500,6 +503,9 @@ def traced_cli(argv: list[str]) -> None:
     import tilpheno.pipeline.pool as pool
 
     _event("parent python started")
+    import atexit
+
+    atexit.register(_event, "parent exit handlers done")   # registered first: runs after every other handler
     set_preload = forkserver.set_forkserver_preload
 
     def traced_preload(names: list[str]) -> None:   # the tree's pool_context names the modules; the server inherits this
@@ -543,26 +549,28 @@ def timeline(args) -> None:
     before = load()
     try:
         t0 = time.time()
-        subprocess.run([sys.executable, "-c", f"import bench_scale; bench_scale.traced_cli({argv!r})"], env=env,
-                       check=True, stdout=subprocess.DEVNULL, cwd=str(args.tree))   # cwd: see run_process
+        ended = traced_process(argv, env, args.tree)
     finally:
         if cluster is not None:
             cluster.close()
     events = sorted((float(t), pid, float(cpu), what.strip()) for t, pid, cpu, what in
                     (line.split(None, 3) for line in log_path.read_text().splitlines()))
+    events = sorted([*events, (ended["parent"], events[0][1], ended["cpu"], "parent process ended"),
+                     (ended["stderr"], "", 0.0, "last process holding stderr ended")])
     shutil.rmtree(work, ignore_errors=True)
     names: dict[str, str] = {}
     parent = events[0][1]
     for _, pid, _, what in events:
-        names.setdefault(pid, "parent" if pid == parent else "server" if what.startswith("fork server")
+        names.setdefault(pid, "parent" if pid == parent else "-" if not pid else "server" if what.startswith("fork server")
                          else f"worker {sum(n.startswith('worker') for n in names.values()) + 1}")
     for t, pid, cpu, what in events:
-        print(f"{t - t0:7.2f} s  {names[pid]:<9} {what}  (its CPU {cpu:.2f} s)")
+        print(f"{t - t0:7.2f} s  {names[pid]:<9} {what}" + (f"  (its CPU {cpu:.2f} s)" if pid else ""))
     print(head_line(events, t0))
+    print(exit_line(events, t0))
     events = [(t, pid, what) for t, pid, _, what in events]
     starts = {w.split()[1]: t for t, _, w in events if w.startswith("product ") and w.endswith(" start")}
     ends = {w.split()[1]: (t, pid) for t, pid, w in events if w.startswith("product ") and w.endswith(" end")}
-    exit_t = max(t for t, _, w in events if w == "parent exit")
+    exit_t = max(t for t, _, w in events if w == "parent process ended")
     if not ends:   # a tree without executors.run_product (before 80dcf70): the parent's events only
         print(f"\n{exit_t - t0:.1f} s wall (load before {before:.1f}); no product events")
         return
@@ -575,7 +583,47 @@ def timeline(args) -> None:
     print(f"\n{'dask' if args.dask else f'--jobs {args.jobs}'}: {exit_t - t0:.1f} s wall (load before {before:.1f}); "
           f"serial head (start to the first product) {first - t0:.1f} s; products {last - first:.1f} s "
           f"({busy:.1f} s summed over products); workers idle while another still ran {idle:.1f} s; "
-          f"serial tail (last product to exit) {exit_t - last:.1f} s")
+          f"serial tail (last product to the parent's end) {exit_t - last:.1f} s")
+
+
+def traced_process(argv: list[str], env: dict, tree: Path) -> dict[str, float]:
+    """Run :func:`traced_cli` with ``argv`` in a subprocess (``env``, working directory ``tree``: see
+    :func:`run_process`); returns when the parent process ended (``parent``, Unix time) and its CPU
+    seconds in all (``cpu``, from ``wait4``: itself and any child it reaped, which a ``process`` run's
+    parent does not: its workers are the fork server's), and when the last process holding its stderr
+    closed it (``stderr``). Raises ``CalledProcessError`` (with the stderr's end) if it failed."""
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-c", f"import bench_scale; bench_scale.traced_cli({argv!r})"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(tree))
+    err: list[bytes] = []
+    closed: list[float] = []
+
+    def drain() -> None:
+        assert proc.stderr is not None
+        err.append(proc.stderr.read())
+        closed.append(time.time())
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    parent = time.time()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    reader.join()
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args, stderr=err[0][-3000:])
+    return {"parent": parent, "cpu": usage.ru_utime + usage.ru_stime, "stderr": closed[0]}
+
+
+def exit_line(events: list[tuple[float, str, float, str]], t0: float) -> str:
+    """The run's exit from a timeline's events: when the parent's exit handlers were done (and its CPU
+    then), when the parent process ended (and the CPU its interpreter's teardown took after the
+    handlers), and when the last process holding the run's stderr was gone."""
+    at = {what: (t, cpu) for t, _, cpu, what in events}
+    (handlers, cpu_handlers), (ended, cpu_ended) = at["parent exit handlers done"], at["parent process ended"]
+    return (f"exit: the parent's exit handlers done at {handlers - t0:.2f} s ({cpu_handlers:.2f} s of its CPU); "
+            f"the parent ended at {ended - t0:.2f} s ({cpu_ended - cpu_handlers:.3f} s of CPU after its handlers); "
+            f"the last process holding stderr gone at {at['last process holding stderr ended'][0] - t0:.2f} s")
 
 
 def head_line(events: list[tuple[float, str, float, str]], t0: float) -> str:
