@@ -113,8 +113,8 @@ def no_collection_at_exit() -> None:
     interpreter's end after its exit handlers took 0.14-0.20 s of CPU, 0.035-0.036 s when frozen
     (CPU seconds, 3 runs each, load 23-30), after its last output was written, on the run's critical
     path (the parent's end, and then the fork server's, which waits for it); a Dask run's client
-    0.26 s, 0.04 s frozen. A ``--jobs 1`` process, whose products' garbage is collected and its
-    survivors frozen product by product (``tilpheno.pipeline.product``), spends 0.06-0.08 s there
+    0.26 s, 0.04 s frozen. A ``--jobs 1`` process, whose garbage is collected after every product and
+    what its first product left alive frozen (``tilpheno.pipeline.product``), spends 0.06-0.08 s there
     either way (``benchmarks/README.md``, stop 61). What they would free, the system takes back when
     the process ends. Every output of the run is written, closed and published before
     (``tilpheno.io.outdir``); only ``__del__`` methods of objects in reference cycles still alive at
