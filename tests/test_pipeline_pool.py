@@ -45,6 +45,34 @@ def test_workers_run_many_jobs_and_a_dead_one_is_replaced():
     assert len(pids) <= 3
 
 
+def _mark_started(job: str):
+    """Create the file ``job`` names (the job has started in its worker); return the job."""
+    from pathlib import Path
+
+    Path(job).touch()
+    return job
+
+
+def test_a_worker_is_handed_its_next_job_before_the_caller_handles_its_result(tmp_path):
+    """Issue 18: a worker that sent its product's outcome waited for its next job until the caller had
+    handled the outcome (stored it, published its report) and asked for the next one, idle for that
+    time at every product after the first. Here the caller holds the first result and does not ask
+    for the next: the worker must have started the second job meanwhile (waited for up to 60 s)."""
+    import time
+
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    with WorkerPool(1, _mark_started, _failed) as pool:
+        results = pool.imap_unordered([first, second])
+        got = next(results)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(second) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started_meanwhile = os.path.exists(second)
+        rest = list(results)
+    assert (got, rest) == (first, [second])
+    assert started_meanwhile
+
+
 def _gc_state(job: str):
     """The job and its worker's cyclic garbage collector: (objects frozen, collector enabled)."""
     import gc

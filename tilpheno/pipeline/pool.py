@@ -210,7 +210,24 @@ class WorkerPool:
             worker.process.join()
         return describe_exit(worker.process.exitcode)
 
+    def _hand_out(self, worker: _Worker, pending: deque) -> None:
+        """Send the idle ``worker`` the next of the ``pending`` jobs, if any. A worker that died while
+        idle is retired and the job put back first in line (it was never run)."""
+        if not pending:
+            return
+        job = pending.popleft()
+        worker.job = job
+        try:
+            worker.conn.send(job)
+        except (OSError, EOFError):
+            worker.job = None
+            pending.appendleft(job)
+            self._retire(worker)
+
     def imap_unordered(self, jobs: Sequence[Any]) -> Iterator[Any]:
+        """``run(job)`` for every job, as results arrive. A worker that sent a result is handed its next
+        job before the result is yielded: the caller's handling of a result (a product's outcome
+        stored, its report published) no longer keeps that worker idle."""
         from multiprocessing.connection import wait
 
         pending = deque(jobs)
@@ -218,16 +235,7 @@ class WorkerPool:
             while pending and len(self.workers) < self.size:
                 self._start()
             for worker in [w for w in self.workers if w.job is None]:
-                if not pending:
-                    break
-                job = pending.popleft()
-                worker.job = job
-                try:
-                    worker.conn.send(job)
-                except (OSError, EOFError):   # the worker died while idle: the job was never run
-                    worker.job = None
-                    pending.appendleft(job)
-                    self._retire(worker)
+                self._hand_out(worker, pending)
             busy = {w.conn: w for w in self.workers if w.job is not None}
             if not busy:
                 continue
@@ -242,6 +250,7 @@ class WorkerPool:
                 except Exception as exc:   # a result that could not be unpickled: the worker goes on
                     yield self.on_death(job, f"worker outcome unreadable: {type(exc).__name__}: {exc}")
                     continue
+                self._hand_out(worker, pending)
                 yield result
 
     def close(self, *, wait: bool = True) -> None:
