@@ -29,18 +29,20 @@ PARENTS = {"PD1+": "live_lymph", "CD8+PD1+": "CD8+", "CD4+PD1+": "CD4+"}
 VARIABLES = {"PD1+": "pd1_pct_of_live_lymph", "CD8+PD1+": "cd8pd1_pct_of_cd8", "CD4+PD1+": "cd4pd1_pct_of_cd4"}
 
 
-def _without_fmo(folder, seed: int, events: int, marker: str, gates, unstained: bool = False, strategies=None,
-                 phenomena=True):
+def _without_fmo(folder, seed: int, events: int, marker: str | tuple[str, ...], gates, unstained: bool = False,
+                 strategies=None, phenomena=True):
     """Product V<seed> (its drawn bench phenomena, or ``phenomena``, ``events`` per tube) analyzed without its
-    ``marker`` FMO file, and without its unstained control unless ``unstained`` (the valley is the fallback without
-    either), with ``strategies`` (default: the bundled TIL ones): (the simulated product, its result, the surface
-    stain's TubeResult, its flags by (gate, code)); each of ``gates`` flagged missing_fmo and fallback_gate."""
+    ``marker`` FMO file (or those of each marker of a tuple), and without its unstained control unless ``unstained``
+    (the valley is the fallback without either), with ``strategies`` (default: the bundled TIL ones): (the simulated
+    product, its result, the surface stain's TubeResult, its flags by (gate, code)); each of ``gates`` flagged
+    missing_fmo and fallback_gate."""
+    markers = (marker,) if isinstance(marker, str) else marker
     prod = simulate_product(f"V{seed}", seed, events, phenomena=phenomena)
     write_product(prod, folder)
     manifest = pd.DataFrame(manifest_rows(prod))
     manifest["file"] = [str(folder / f) for f in manifest["file"]]
-    kept = manifest[(manifest["fmo_marker"] != marker) & (unstained | (manifest["role"] != "unstained"))]
-    assert len(kept) == len(manifest) - (1 if unstained else 2)
+    kept = manifest[~manifest["fmo_marker"].isin(markers) & (unstained | (manifest["role"] != "unstained"))]
+    assert len(kept) == len(manifest) - len(markers) - (0 if unstained else 1)
     result = analyze_product(prod.product_id, kept, strategies or [load_strategy(p) for p in default_strategy_paths()])
     [stained] = [t for t in result.tubes if t.tube == "surface" and t.role == "stain"]
     assert stained.subsample is None
@@ -54,8 +56,9 @@ def _without_fmo(folder, seed: int, events: int, marker: str, gates, unstained: 
 
 
 def _without_pd1_fmo(folder, seed: int, events: int, unstained: bool = False):
-    """:func:`_without_fmo` of the PD1 FMO, its three gates checked."""
-    return _without_fmo(folder, seed, events, "PD1", PARENTS, unstained)
+    """:func:`_without_fmo` of the PD1 and FoxP3 FMOs (with the FoxP3 FMO, which omits the only stain on PD1's
+    detector, the PD1 gates anchor on it instead: the tests at the end), its three PD1 gates checked."""
+    return _without_fmo(folder, seed, events, ("PD1", "FoxP3"), PARENTS, unstained)
 
 
 def _size(message: str) -> float:
@@ -711,7 +714,8 @@ def test_a_skew_carry_cut_is_judged_by_its_own_reading_not_by_the_carry_overs_it
     write_product(prod, folder)
     manifest = pd.DataFrame(manifest_rows(prod))
     manifest["file"] = [str(folder / f) for f in manifest["file"]]
-    result = analyze_product(prod.product_id, manifest[manifest["fmo_marker"] != "PD1"],
+    # without the FoxP3 FMO too: with it the PD1 gates anchor on it (the last tests), not on the unstained control
+    result = analyze_product(prod.product_id, manifest[~manifest["fmo_marker"].isin(["PD1", "FoxP3"])],
                              [load_strategy(p) for p in default_strategy_paths()])
     [stained] = [t for t in result.tubes if t.tube == "surface" and t.role == "stain"]
     flags = {(f.gate, f.code): f for f in result.qc}
@@ -1112,3 +1116,50 @@ def test_the_fallback_skew_carry_reads_the_reference_without_its_own_positive_pe
     assert clean is not None
     for gate in PARENTS:
         assert abs(stained.diagnostics[gate]["skew_extra"] - clean.skew) < 150.0, (gate, clean.skew)
+
+
+@pytest.mark.parametrize("seed, gate, on_unstained", [(197016, "CD4+PD1+", 3.59), (197028, "CD8+PD1+", -5.08)])
+def test_without_its_fmo_a_pd1_gate_anchors_on_the_treg_tubes_foxp3_fmo(tmp_path, seed, gate, on_unstained):
+    """Issue 13, stop 61 (pd1nofmo_61): without the PD1 FMO the PD1 gates anchored on the unstained control, which
+    lacks CD3 FITC's spreading into PE (the T-cell parents' widest spread) and PD1's binding; the parent's own
+    carry-over and non_T's skew stood in for them (V197016's CD4+PD1+ +3.59 points over the ideal-FMO reference,
+    V197028's CD8+PD1+ -5.08 under it). The Treg tube's FoxP3 FMO omits the only stain on PE and keeps CD3 FITC, so
+    with it (``cross_fmo``) its lymph, non_CD4_T and CD4+ cells stand in for the PD1 FMO's live lymphocytes, CD8+ and
+    CD4+ T cells, PD1's binding read on non_T against the unstained control and carried over them (the with-FMO
+    rule): every PD1 variable within 1.5 points (issue 13's PD1 tolerance) of the reference, the threshold record
+    naming the FoxP3 FMO, missing_fmo and fallback_gate saying which cells of which file set the cut."""
+    prod, result, stained, flags = _without_fmo(tmp_path, seed, 20000, "PD1", PARENTS, unstained=True)
+    rows = stained.thresholds.set_index("population")
+    cells = {"PD1+": "lymph", "CD8+PD1+": "non_CD4_T", "CD4+PD1+": "CD4+"}
+    fmo = f"V{seed}_treg_FMO_FoxP3.fcs"
+    for g, variable in VARIABLES.items():
+        row = rows.loc[g]
+        assert row["source_file"].endswith(fmo) and row["method"].startswith("fallback_"), row.to_dict()
+        said = flags[g, "fallback_gate"].message
+        assert (f"anchored on the treg FMO {fmo} ({cells[g]} cells: no stain on PE-A there" in said
+                and f"binding read on non_T against the unstained control V{seed}_unstained.fcs" in said), said
+        error = result.phenotype[variable] - prod.truth[f"ref_{variable}"]
+        assert abs(error) <= 1.5, (g, error, on_unstained)
+
+
+def test_a_cross_tube_fmo_needs_the_same_detector_and_transform(tmp_path):
+    """``phenotype.cross_fmo_control`` takes another tube kind's FMO only where its omitted marker sits on the gate's
+    detector (FoxP3 PE for PD1 PE) and that kind transforms it as the gate's marker: V197016's Treg FoxP3 FMO for a
+    gate on APC-A, or with another logicle width, is not taken (the unstained control then stands in)."""
+    from tilpheno.phenotype import cross_fmo_control
+    from tilpheno.study import default_study
+    from tilpheno.transforms import transform_from_dict
+
+    prod = simulate_product("V197016", 197016, 4000, phenomena=True)
+    write_product(prod, tmp_path)
+    rows = pd.DataFrame(manifest_rows(prod))
+    rows["file"] = [str(tmp_path / f) for f in rows["file"]]
+    strategies = {s.tube: s for s in (load_strategy(p) for p in default_strategy_paths())}
+    pd1 = strategies["surface"].transform_for("PD1")
+    args = (rows, strategies, default_study(), None, None, 99.5)
+    taken = cross_fmo_control("treg:non_CD4_T", "PE-A", pd1, *args)
+    assert taken is not None and taken.file.endswith("V197016_treg_FMO_FoxP3.fcs") and taken.values.size >= 200
+    assert cross_fmo_control("treg:non_CD4_T", "APC-A", pd1, *args) is None
+    wider = transform_from_dict({"kind": "logicle", "t": 262144, "w": 1.0, "m": 4.5, "a": 0})
+    assert cross_fmo_control("treg:non_CD4_T", "PE-A", wider, *args) is None
+    assert cross_fmo_control("treg:no_such_population", "PE-A", pd1, *args) is None

@@ -145,6 +145,80 @@ def control_events(file: str, marker: str, population: str, values: np.ndarray, 
     return ControlEvents(file, marker, population, np.array(kept, dtype=np.float64, copy=True), int(values.size))
 
 
+@dataclass(frozen=True)
+class CrossControl:
+    """Another tube kind's FMO file standing in for a gate's missing FMO (``fmo`` parameter ``cross_fmo``:
+    ``<tube kind>:<population>``): that file omits the stain on the gate's marker's detector, so on that
+    detector it carries the other stains' spreading and autofluorescence without the marker's antibody (TIL: the
+    Treg tube's FoxP3 FMO on PE, for PD1 PE). ``file`` (its path), ``tube`` (its tube kind), ``population`` (where
+    its events were read, that kind's strategy gated on the file's own data), ``detector`` ($PnN) and ``values``
+    (the detector's compensated values there, transformed as the gate's marker)."""
+
+    file: str
+    tube: str
+    population: str
+    detector: str
+    values: np.ndarray
+
+
+def cross_fmo_control(spec: str, detector: str, transform: Any, rows: pd.DataFrame, strategies: Mapping[str, Strategy],
+                      study: Study, spillover: Spillover | None, panel_override: Any, percentile: float,
+                      ) -> CrossControl | None:
+    """The :class:`CrossControl` that ``spec`` (``<tube kind>:<population>``) names for a gate on ``detector``:
+    the product's (``rows``) first FMO file of that tube kind whose omitted marker sits on ``detector`` in the
+    kind's stained file, read as that kind's files are (acquisition step, compensation, its strategy's
+    transforms) and gated on its own data down to ``population``; its values on ``detector`` where the kind
+    transforms it as the gate's marker (``transform``). None without such a file, with another transform there,
+    or when it cannot be read or gated (the unstained control then stands in, as before)."""
+    from tilpheno.io.fcs import read_fcs, read_fcs_metadata
+    from tilpheno.panel import panel_from_fcs, require
+
+    kind, _, population = spec.partition(":")
+    other = strategies.get(kind)
+    if other is None or population not in {p.name for p in other.populations}:
+        return None
+    group = rows[rows["tube"] == kind]
+    stained = group[group["role"] == "stain"]
+    if stained.empty:
+        return None
+    try:
+        meta = read_fcs_metadata(stained.iloc[0]["file"], checksum=False)
+        panel = panel_from_fcs(meta, override=panel_override, tube=kind, study=study, compensating=spillover is not None)
+        for row in group[group["role"] == "fmo"].itertuples(index=False):
+            omitted = _fmo_marker(getattr(row, "fmo_marker", None), study.vocabulary)
+            if omitted is None or panel.get(omitted) != detector:
+                continue
+            fcs = read_fcs(row.file)
+            acquisition_step(fcs, other.acquisition)
+            detectors = require(panel_from_fcs(fcs, stained=meta, override=panel_override, tube=kind, study=study,
+                                               compensating=spillover is not None), other.markers, study.vocabulary)
+            data, used, applied = _compensated_transformed(fcs, detectors, other, spillover)
+            if used.get(omitted) != transform:
+                continue
+            needed = _ancestors(other, population)
+            gated = gate_tube_kind(replace(other, populations=tuple(p for p in other.populations if p.name in needed),
+                                           variables=()),
+                                   [TubeData(str(row.file), "", kind, "fmo", omitted, data, dict(detectors), used,
+                                             applied is not None)], percentile, study)[0]
+            return CrossControl(str(row.file), kind, population, detector, data[omitted][gated.masks[population]])
+    except (FCSReadError, PanelError, CompensationError, GatingError):
+        return None
+    return None
+
+
+def _ancestors(strategy: Strategy, population: str) -> set[str]:
+    """``population`` and every population it depends on (parents, operands, references), by name."""
+    by_name = {p.name: p for p in strategy.populations}
+    needed, todo = set(), [population]
+    while todo:
+        name = todo.pop()
+        if name in needed or name not in by_name:
+            continue
+        needed.add(name)
+        todo.extend(by_name[name].depends_on)
+    return needed
+
+
 @dataclass
 class TubeResult:
     """Gating result of one file (see the module docstring for the conventions)."""
@@ -1012,9 +1086,12 @@ class _TubeKindRun:
 
     def __init__(self, strategy: Strategy, sources: Sequence[_Source], load, percentile: float, keep_loaded: bool,
                  vocabulary: Vocabulary | None = None, qc: QCRules | None = None, settle=None,
-                 control: Callable[[], TubeData | None] | None = None, plot_events: int | None = None):
+                 control: Callable[[], TubeData | None] | None = None, plot_events: int | None = None,
+                 cross: Callable[[str, str, Any], CrossControl | None] | None = None):
         self.strategy, self.sources, self.load = strategy, list(sources), load
         self.control = control   # the product's unstained control (loaded on first call), for one-population cuts
+        # (cross_fmo spec, detector, transform) -> another tube kind's FMO standing in for a missing one (cross_fmo_control)
+        self.cross = cross
         self.percentile, self.keep_loaded, self.settle = percentile, keep_loaded, settle
         self.settled: set[int] = set()
         self.slim: dict[int, int] = {}   # control file -> bytes of the columns it keeps (loaded, not released)
@@ -1175,6 +1252,7 @@ class _TubeKindRun:
         min_events = int(params.pop("min_events", 200))
         skew_reference = params.pop("skew_reference", None)
         params.pop("outside_cells", None)   # read by _on_unstained's outside check
+        params.pop("cross_fmo", None)   # read by _on_unstained
         anchor = {key: params.pop(key) for key in pl.ANCHOR_PARAMS if key in params}
         # the control: the last FMO file of the marker that loads (as a dict keyed by marker would
         # keep), or with control: unstained the product's unstained control
@@ -1319,6 +1397,9 @@ class _TubeKindRun:
                     None)   # the same events: a gate's own population's mask depends only on gates placed before
         self.control_events[pop.name] = kept or control_events(control.file, marker, base, values, self.plot_events)
         reference = rule[4]
+        cross = self._cross_control(pop, stained)
+        if cross is not None and reference:
+            return self._on_cross(k, pop, stained, rule, missing, cross, control, values)
         # the binding tail the control lacks, read on the reference's stained events (checks.place_and_check)
         skew_stained = stained.tube.data[marker][stained.masks[reference]] if reference else None
         # a reference_carry: quantile gate keeps its reference, the control standing in for the FMO of both the parent
@@ -1367,6 +1448,46 @@ class _TubeKindRun:
             + (_pooled_note(d, str(reference), marker, held) if d.get("winner") == "outside_pooled" else ""))
         return (pl.Placement(placement.gate, f"fallback_{placement.method}", d, placement.flags + (missing, flag)),
                 control.file, held, control_held)
+
+    def _cross_control(self, pop: Population, stained: _Gated) -> CrossControl | None:
+        """The other tube kind's FMO that ``pop``'s ``cross_fmo`` names (:func:`cross_fmo_control`), on the stained
+        file's detector of the marker, with at least ``MIN_CONTROL_EVENTS`` events there; else None."""
+        spec, marker = pop.params.get("cross_fmo"), pop.dims[0]
+        if not spec or self.cross is None or marker not in stained.tube.detectors:
+            return None
+        cross = self.cross(str(spec), stained.tube.detectors[marker], stained.tube.transforms.get(marker))
+        return cross if cross is not None and cross.values.size >= pl.MIN_CONTROL_EVENTS else None
+
+    def _on_cross(self, k: int, pop: Population, stained: _Gated,
+                  rule: tuple[dict[str, Any], dict[str, Any], float, int, str | None], missing: pl.Flag,
+                  cross: CrossControl, control: TubeData, control_values: np.ndarray,
+                  ) -> tuple[pl.Placement, str, tuple[str, ...], tuple[str, ...]]:
+        """Without its FMO, ``pop``'s threshold anchored on another tube kind's FMO (``cross``, the ``cross_fmo``
+        parameter): that file's events on the marker's detector, in the population it names, stand in for the FMO
+        of the parent (they carry the other stains' spreading into the detector, which the unstained control
+        lacks: TIL, the Treg tube's FoxP3 FMO, CD3 FITC into PE), and the product's unstained control
+        (``control_values``, its events in the nearest ancestor an unstained cell reaches) for the FMO of the
+        ``skew_reference``, on which the marker antibody's binding is read (shift, lower-side spread, right skew:
+        ``placement.reference_binding``) and carried over the cross control's events (``relative_reference``):
+        the with-FMO rule with both controls standing in. Flagged ``missing`` and ``fallback_gate`` naming both."""
+        marker, reference = pop.dims[0], str(rule[4])
+        self.control_events[pop.name] = control_events(cross.file, marker, f"{cross.tube} {cross.population}",
+                                                       cross.values, self.plot_events)
+        placement, held, control_held, _, _ = self._anchored(k, pop, cross.values, control_values,
+                                                             replace(control, file=cross.file),
+                                                             undetermined_gates(stained.diagnostics), rule,
+                                                             f"{cross.tube} FMO")
+        d = placement.diagnostics
+        flag = pl.Flag(
+            "fallback_gate", "warning",
+            f"{pop.name} ({marker}): threshold {d['threshold']:.4g} anchored on the {cross.tube} FMO "
+            f"{Path(cross.file).name} ({cross.population} cells: no stain on {cross.detector} there, the other stains' "
+            f"spreading kept; {d.get('winner', placement.method)}) instead of the {marker} FMO, with the {marker} "
+            f"antibody's binding read on {reference} against the unstained control {Path(control.file).name}: it "
+            f"assumes {pop.parent} and {cross.population} of the {cross.tube} tube alike in {cross.detector} without "
+            f"the antibody (fixation, cell types), which only the {marker} FMO checks")
+        return (pl.Placement(placement.gate, f"fallback_{placement.method}", d, placement.flags + (missing, flag)),
+                cross.file, held, control_held)
 
     def _residual_check(self, pop: Population, fmo: _Gated, stained: _Gated, placement: pl.Placement,
                         call: dict[str, Any], skew_reference: str | None) -> pl.Placement:
@@ -2144,9 +2265,18 @@ def analyze_product(
             tried = (unstained(k, row)[1] for k, row in enumerate(unstained_rows.itertuples(index=False)))
             return next((t for t in tried if t is not None), None)
 
+        crossed: dict[tuple[str, str], CrossControl | None] = {}
+
+        def cross(spec: str, detector: str, transform: Any) -> CrossControl | None:
+            """Another tube kind's FMO for a gate without its own (``cross_fmo``), read once per spec and detector."""
+            if (spec, detector) not in crossed:
+                crossed[(spec, detector)] = cross_fmo_control(spec, detector, transform, rows, strategy_map, study,
+                                                              spill, panel_override, fmo_percentile)
+            return crossed[(spec, detector)]
+
         run = _TubeKindRun(strategy, sources, load, fmo_percentile, keep_loaded=plot_events is None,
                            vocabulary=study.vocabulary, qc=study.qc, settle=settle, control=control,
-                           plot_events=plot_events)
+                           plot_events=plot_events, cross=cross)
         run.resolve()
         made: dict[int, TubeResult] = {}
         variables: dict[int, tuple[dict, _StainedSummary]] = {}

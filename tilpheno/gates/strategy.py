@@ -177,6 +177,7 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "reference_carry": ParamSpec(str, "additive", choices=("additive", "quantile")),
         "control": ParamSpec(str, "fmo", choices=("fmo", "unstained")),
         "outside_cells": ParamSpec(str, "any", choices=("any", "negative")),
+        "cross_fmo": ParamSpec(str, None),
     }),
     "fixed": (None, {"gate": ParamSpec(dict)}),
 }
