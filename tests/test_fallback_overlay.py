@@ -25,15 +25,16 @@ PD1_GATES = ("PD1+", "CD8+PD1+", "CD4+PD1+")
 BASE = "live_lymph"   # the nearest ancestor of every PD1 gate's parent an unstained cell reaches (CD3+ > CD8+ are stains)
 
 
-def _without_pd1_fmo(folder, plot_events: int | None):
-    """V168901 (8000 events per tube) analyzed without its PD1 FMO, its unstained control kept: (result, the surface
-    stain's TubeResult, the manifest row of the unstained control)."""
+def _without_pd1_fmo(folder, plot_events: int | None, without: tuple[str, ...] = ("PD1", "FoxP3")):
+    """V168901 (8000 events per tube) analyzed without its PD1 FMO (and its FoxP3 FMO, which the PD1 gates anchor on
+    when it is there, unless ``without`` keeps it), its unstained control kept: (result, the surface stain's
+    TubeResult, the manifest row of the unstained control)."""
     prod = simulate_product(f"V{SEED}", SEED, 8000, phenomena=True)
     write_product(prod, folder)
     manifest = pd.DataFrame(manifest_rows(prod))
     manifest["file"] = [str(folder / f) for f in manifest["file"]]
-    kept = manifest[manifest["fmo_marker"] != "PD1"]
-    assert len(kept) == len(manifest) - 1
+    kept = manifest[~manifest["fmo_marker"].isin(without)]
+    assert len(kept) == len(manifest) - len(without)
     strategies = [load_strategy(p) for p in default_strategy_paths()]
     result = analyze_product(prod.product_id, kept, strategies, plot_events=plot_events)
     [stained] = [t for t in result.tubes if t.tube == "surface" and t.role == "stain"]
@@ -162,3 +163,27 @@ def test_the_overlay_of_a_gate_with_control_unstained_names_the_unstained_contro
     assert figure.title == "7AAD in singlets: unstained control vs stained (surface tube)", figure.title
     assert f">unstained control: {shown:.1f}% +<" in figure.svg, figure.svg
     assert "FMO" not in figure.svg and "FMO" not in figure.alt and figure.alt.startswith("7AAD unstained control vs stained")
+
+
+def test_a_gate_anchored_on_the_treg_tubes_foxp3_fmo_names_it_in_its_overlay_and_the_fmo_table(tmp_path):
+    """V168901 without its PD1 FMO alone: the PD1 gates anchor on the Treg tube's FoxP3 FMO (``cross_fmo``, stop 61)
+    -> the overlay draws that file's events where the cut read them (grey, 'treg FMO in treg non_CD4_T' for
+    CD8+PD1+), and the FMO table names the file as 'treg FMO, FMO missing' with the rule 'no FMO, anchored on the
+    treg FMO'; neither calls it the unstained control, nor pairs it as the gate's own FMO (before this change the
+    table's row was paired with the Treg FMO's own CD4+ count)."""
+    from tilpheno.report.product import fmo_figures, fmo_table
+
+    result, stained, _, strategies = _without_pd1_fmo(tmp_path, None, without=("PD1",))
+    figures = {f.population: f for f in fmo_figures(result, 99.5, strategies) if f.population in PD1_GATES}
+    cells = {"PD1+": "lymph", "CD8+PD1+": "non_CD4_T", "CD4+PD1+": "CD4+"}
+    table = {row[0]: row for row in fmo_table(result, 99.5).rows}
+    for gate in PD1_GATES:
+        row = stained.thresholds.set_index("population").loc[gate]
+        assert row["source_file"].endswith("V168901_treg_FMO_FoxP3.fcs"), row
+        figure = figures[gate]
+        assert figure.title == (f"PD1 in {row['parent']}: treg FMO (treg {cells[gate]}, FMO missing) vs stained "
+                                "(surface tube)"), figure.title
+        assert "unstained control" not in figure.svg and "unstained control" not in figure.alt, gate
+        _, _, _, control_file, control_n, _, _, _, _, rule = table[gate]
+        assert control_file == "V168901_treg_FMO_FoxP3.fcs (treg FMO, FMO missing)" and control_n == "", table[gate]
+        assert rule.startswith("no FMO, anchored on the treg FMO (fallback_"), rule

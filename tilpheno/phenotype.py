@@ -128,21 +128,25 @@ class ControlEvents:
     reaches, the stained file's gates applied to the control; ``root``: all its events), ``values`` (the
     marker's transformed values there: all of them, or every k-th, at most ``plot_events``:
     :func:`_plot_index`) and ``n_events`` (all its events there). Gates read on the same control, marker and
-    population (the TIL PD1+, CD8+PD1+ and CD4+PD1+ on live_lymph) share one."""
+    population (the TIL PD1+, CD8+PD1+ and CD4+PD1+ on live_lymph) share one. ``name``: what the report calls the
+    control, ``unstained control``, or ``<tube kind> FMO`` for another tube kind's FMO standing in
+    (:class:`CrossControl`, whose ``population`` is then ``<tube kind> <population>``)."""
 
     file: str
     marker: str
     population: str
     values: np.ndarray
     n_events: int
+    name: str = "unstained control"
 
 
-def control_events(file: str, marker: str, population: str, values: np.ndarray, plot_events: int | None) -> ControlEvents:
+def control_events(file: str, marker: str, population: str, values: np.ndarray, plot_events: int | None,
+                   name: str = "unstained control") -> ControlEvents:
     """:class:`ControlEvents` keeping of ``values`` what the overlay draws (:func:`_plot_index`'s events), as
     a copy: a view would keep the control's whole block of columns (``compensation.BlockPool``) alive."""
     index = _plot_index(values.size, plot_events)
     kept = values if index is None else values[index]
-    return ControlEvents(file, marker, population, np.array(kept, dtype=np.float64, copy=True), int(values.size))
+    return ControlEvents(file, marker, population, np.array(kept, dtype=np.float64, copy=True), int(values.size), name)
 
 
 @dataclass(frozen=True)
@@ -1472,7 +1476,7 @@ class _TubeKindRun:
         the with-FMO rule with both controls standing in. Flagged ``missing`` and ``fallback_gate`` naming both."""
         marker, reference = pop.dims[0], str(rule[4])
         self.control_events[pop.name] = control_events(cross.file, marker, f"{cross.tube} {cross.population}",
-                                                       cross.values, self.plot_events)
+                                                       cross.values, self.plot_events, f"{cross.tube} FMO")
         placement, held, control_held, _, _ = self._anchored(k, pop, cross.values, control_values,
                                                              replace(control, file=cross.file),
                                                              undetermined_gates(stained.diagnostics), rule,

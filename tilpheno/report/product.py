@@ -305,7 +305,8 @@ def _fmo_pairs(result):
     for stain in (t for t in result.tubes if t.role == "stain"):
         for row in stain.thresholds.itertuples(index=False):
             fmo = by_file.get(str(getattr(row, "source_file", "") or ""))
-            yield stain, row, (fmo if fmo is not stain else None)
+            # another tube kind's FMO standing in for a missing one (phenotype.CrossControl) is no FMO of this gate
+            yield stain, row, (fmo if fmo is not stain and fmo is not None and fmo.tube == stain.tube else None)
 
 
 def _pct_positive(stain, fmo, row, s_vals, f_vals, thr) -> tuple[float, float]:
@@ -404,8 +405,8 @@ def _stand_in_control(stain, row, control) -> tuple[np.ndarray, float, OverlayCo
         return None
     s_vals = stain.data[marker][s_mask]
     pct_s = _share_above(stain, row, s_vals, float(row.value_transformed), getattr(stain, "subsample", None) is None)
-    drawn = OverlayControl(control.values, float(getattr(row, "fmo_pct_above", float("nan"))), "unstained control",
-                           Path(str(control.file)).name, float(getattr(row, "percentile", "nan")),
+    drawn = OverlayControl(control.values, float(getattr(row, "fmo_pct_above", float("nan"))),
+                           getattr(control, "name", "unstained control"), Path(str(control.file)).name, float(getattr(row, "percentile", "nan")),
                            _parent_name(control.population))
     return s_vals, pct_s, drawn
 
@@ -500,9 +501,14 @@ def fmo_table(result, fmo_percentile: float) -> Table:
         population, parent = str(row.population), str(row.parent)
         method = str(getattr(row, "method", ""))
         pctl = getattr(row, "percentile", fmo_percentile)
-        stand_in = (stand_ins.get(str(getattr(row, "source_file", "") or ""))
+        source = str(getattr(row, "source_file", "") or "")
+        # or another tube kind's FMO (phenotype.CrossControl), named by the gate's control events
+        crossed = getattr(stain, "control_events", {}).get(population)
+        cross_kind = getattr(crossed, "name", "unstained control") if crossed is not None and str(crossed.file) == source else None
+        stand_in = ((stand_ins.get(source) or (Path(source).name if cross_kind else None))
                     if fmo is None and method.startswith("fallback_") else None)
-        kind = "unstained control" if stand_in is not None or (fmo is not None and fmo.role == "unstained") else "FMO"
+        kind = (cross_kind or "unstained control") if stand_in is not None or (fmo is not None and fmo.role == "unstained") \
+            else "FMO"
         rule = (f"{fmt(pctl, 1)}th pct of {kind}" if fmo is not None
                 else f"no FMO: {method}" if method else "no FMO")
         winner = str(getattr(row, "winner", "") or "")
@@ -510,7 +516,7 @@ def fmo_table(result, fmo_percentile: float) -> Table:
             candidates = _candidates(row, kind)
             rule = f"{winner}: {', '.join(candidates)}" if candidates else winner
             if stand_in is not None:
-                rule = f"no FMO, anchored on the unstained control ({method}): {rule}"
+                rule = f"no FMO, anchored on the {kind} ({method}): {rule}"
             tail = getattr(row, "relative_lognormal", None)
             if tail is not None and math.isfinite(float(tail)):   # the tail-shape check (gates.checks)
                 points = _parent_points(getattr(row, "tail_points", None))
@@ -525,7 +531,7 @@ def fmo_table(result, fmo_percentile: float) -> Table:
             control_pct = getattr(row, "fmo_pct_above", None)
         rows.append((
             population, str(row.marker), parent,
-            fmo.shown_name if fmo is not None else f"{stand_in} (unstained control, FMO missing)" if stand_in else "—",
+            fmo.shown_name if fmo is not None else f"{stand_in} ({kind}, FMO missing)" if stand_in else "—",
             fmt(control_n, 0) if control_n is not None else "" if stand_in is not None else "—",
             fmt(control_pct) if control_pct is not None else "—",
             fmt(_pop_value(stain, population, "pct_of_parent")),
