@@ -14,17 +14,20 @@ import validate_gating as vg  # noqa: E402
 
 def test_a_product_without_its_pd1_fmo_is_measured_on_its_fallback_gates():
     """V168601 (a development seed of stop 53), 5000 events per tube: with ``--without-fmo PD1`` every PD1 gate is
-    anchored on the unstained control (fallback method, the control as source) and has one fallback row per variable
+    anchored on the Treg tube's FoxP3 FMO (since stop 61, ``cross_fmo``; with ``--without-fmo FoxP3`` too, on the
+    unstained control) (fallback method, that control as source) and has one fallback row per variable
     whose numerator it is, carrying that variable's error as errors.csv does; the other tube's FoxP3 gate keeps its
     FMO. Without the option the row is as before: no fallbacks, the same errors where no PD1 gate is involved."""
-    row = vg.one_product((168601, 5000, "valley", "fsc", (), ("PD1",)))
-    fallbacks = pd.DataFrame(row.pop("fallbacks"))
-    assert set(fallbacks["gate"]) == {"PD1+", "CD8+PD1+", "CD4+PD1+"}
-    assert sorted(fallbacks["variable"]) == sorted(v for g in ("PD1+", "CD8+PD1+", "CD4+PD1+") for v in vg.numerator_variables(g))
-    assert fallbacks["method"].str.startswith("fallback_").all()
-    assert fallbacks["source_file"].str.endswith("V168601_unstained.fcs").all()
-    for r in fallbacks.itertuples():
-        assert r.error == row[r.variable]
+    for without, control in ((("PD1", "FoxP3"), "V168601_unstained.fcs"), (("PD1",), "V168601_treg_FMO_FoxP3.fcs")):
+        row = vg.one_product((168601, 5000, "valley", "fsc", (), without))
+        fallbacks = pd.DataFrame(row.pop("fallbacks"))
+        pd1 = fallbacks[fallbacks["gate"] != "CD4+FoxP3+"]
+        assert set(pd1["gate"]) == {"PD1+", "CD8+PD1+", "CD4+PD1+"}
+        assert sorted(pd1["variable"]) == sorted(v for g in ("PD1+", "CD8+PD1+", "CD4+PD1+") for v in vg.numerator_variables(g))
+        assert fallbacks["method"].str.startswith("fallback_").all()
+        assert pd1["source_file"].str.endswith(control).all(), without
+        for r in fallbacks.itertuples():
+            assert r.error == row[r.variable]
     plain = vg.one_product((168601, 5000, "valley", "fsc", (), ()))
     assert "fallbacks" not in plain
     for v in ("cd4foxp3_pct_of_cd4", "cd8_pct_of_cd3", "viability_pct"):

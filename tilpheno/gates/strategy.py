@@ -46,6 +46,10 @@ fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200
                      marker's FMO file or the product's unstained control (a control-based
                      live/dead cut: ``dead`` = the dye above the unstained control's percentile,
                      carried to the stained live peak; ``live`` = ``!dead``);
+                     cross_fmo (none): ``<tube kind>:<population>``, without the gate's FMO
+                     that kind's FMO omitting the stain on the gate's detector, read in
+                     that population, stands in for it (phenotype.cross_fmo_control), the
+                     unstained control for the skew_reference's FMO (TIL PD1: treg);
                      outside_cells any|negative (any): what the parent's cells outside
                      skew_reference are for the marker; negative (left out of the reference for
                      the spillover of other stains, e.g. CD56's CD8+ T cells): a cut anchored on
