@@ -492,7 +492,8 @@ def test_the_fmo_footnote_states_the_limits_the_strategy_used(tmp_path):
     assert "lies > 4 points above the parent's own mid carry-over" in text and "by > 3 points" not in text, text
     # two of the surface tube's five FMO gates with their own limits: the other three's, and a sentence naming them
     pd1 = "    parent: live_lymph\n    dims: [PD1]\n    method: fmo\n    params: {rule: relative, skew_reference: non_T"
-    surface = edited("surface", pd1 + "}", pd1 + ", uncertain_points: 5, shift_points: 2.5}")
+    surface = edited("surface", pd1 + ', cross_fmo: "treg:lymph"}', pd1 + ', cross_fmo: "treg:lymph", uncertain_points: 5, '
+                     'shift_points: 2.5}')
     source = Path(surface[0].path).read_text().replace("    dims: [CD3]\n    method: fmo\n",
                                                       "    dims: [CD3]\n    method: fmo\n    params: {shift_points: 2.5}\n")
     Path(surface[0].path).write_text(source)

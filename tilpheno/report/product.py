@@ -306,7 +306,8 @@ def _fmo_pairs(result):
         for row in stain.thresholds.itertuples(index=False):
             fmo = by_file.get(str(getattr(row, "source_file", "") or ""))
             # another tube kind's FMO standing in for a missing one (phenotype.CrossControl) is no FMO of this gate
-            yield stain, row, (fmo if fmo is not stain and fmo is not None and fmo.tube == stain.tube else None)
+            other_kind = fmo is not None and getattr(fmo, "tube", None) != getattr(stain, "tube", None)
+            yield stain, row, (fmo if fmo is not stain and not other_kind else None)
 
 
 def _pct_positive(stain, fmo, row, s_vals, f_vals, thr) -> tuple[float, float]:
