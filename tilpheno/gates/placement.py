@@ -726,13 +726,30 @@ def _control_carry(control: np.ndarray, x: np.ndarray, transform: Any, *, percen
             "carried_high": float(d["relative_high"] if carried else d["fmo_threshold"])}
 
 
+def control_floor(control: np.ndarray, x: np.ndarray, transform: Any, *, percentile: float, bandwidth: float,
+                  min_prominence: float) -> float:
+    """The ``lower`` rule's floor under its SD cut (transformed units): the unstained ``control``'s ``percentile``
+    (the run's FMO percentile) carried to the stained events ``x``'s negative peak as :func:`_control_carry` carries
+    it (``rule: relative``: additive in linear units with ``transform``), i.e. how far the cells' own
+    autofluorescence reaches without the dye: on a live/dead gate, every live cell type, the large non-lymphoid
+    cells too, whose 4x brighter autofluorescence makes a shoulder above the live lymphocytes' peak that k of the
+    peak's SDs cut into. NaN with fewer than :data:`MIN_CONTROL_EVENTS` finite control events."""
+    c = np.asarray(control, dtype=np.float64)
+    if np.count_nonzero(np.isfinite(c)) < MIN_CONTROL_EVENTS:
+        return float("nan")
+    return float(_control_carry(c[np.isfinite(c)], x, transform, percentile=percentile, bandwidth=bandwidth,
+                                min_prominence=min_prominence)["carried_threshold"])
+
+
 def _valley_decision(x: np.ndarray, density: Density, *, bandwidth: float, min_prominence: float,
                      min_separation: float, fallback_sd: float, zero: float | None, rule: str, k_sd: float,
                      sd_side: str, unstained: np.ndarray | None,
                      one_population: str = "auto", transform: Any = None,
-                     control_percentile: float = 99.5) -> tuple[float, dict[str, Any], bool]:
+                     control_percentile: float = 99.5,
+                     floor_control: np.ndarray | None = None) -> tuple[float, dict[str, Any], bool]:
     """:func:`place_valley`'s cut of the finite events ``x`` and their ``density`` (its rules, the
-    clamp to the data's range): ``(cut, diagnostics, two populations)``."""
+    clamp to the data's range): ``(cut, diagnostics, two populations)``. ``floor_control``: the
+    unstained control's events that raise a ``lower`` rule's SD cut (:func:`control_floor`)."""
     cut, found, two_peaks = _valley_cut(x, density, bandwidth=bandwidth, min_prominence=min_prominence,
                                         min_separation=min_separation, fallback_sd=fallback_sd, zero=zero,
                                         unstained=unstained, one_population=one_population, transform=transform,
@@ -753,6 +770,13 @@ def _valley_decision(x: np.ndarray, density: Density, *, bandwidth: float, min_p
         width = _lower_half_width(x, mode, np.inf) if sd_side == "lower" else _lower_half_width(-x, -mode, np.inf)
         sd_cut = mode + k_sd * (width if np.isfinite(width) else bandwidth)
         diagnostics.update(sd_threshold=sd_cut, negative_mode=mode, negative_width=width, k_sd=k_sd, sd_side=sd_side)
+        if rule == "lower" and floor_control is not None:
+            floor = control_floor(floor_control, x, transform, percentile=control_percentile, bandwidth=bandwidth,
+                                  min_prominence=min_prominence)
+            diagnostics.update(control_floor=floor)
+            if sd_cut < floor < cut:   # at or above the valley the control holds dye-bright cells: not unstained on it
+                diagnostics.update(sd_raised_from=sd_cut, sd_threshold=floor)
+                sd_cut = floor
         if rule == "negative_sd" or sd_cut < cut:
             cut = sd_cut
             diagnostics.update(threshold=cut, winner="negative_sd")
@@ -809,7 +833,14 @@ def place_valley(
     strategy): ``valley`` = the density valley; ``negative_sd`` = ``k_sd`` robust SDs above the
     negative (highest) peak, the SD being the lower-half RMS of the events around it (a
     live/dead cut that also catches dead cells dim in the dye); ``lower`` = the lower of the two
-    (the valley, but never more than ``k_sd`` SDs above the negative peak); ``positive_sd`` =
+    (the valley, but never more than ``k_sd`` SDs above the negative peak), the SD cut raised, when
+    ``unstained`` gives at least :data:`MIN_CONTROL_EVENTS` events, to the control's
+    ``control_percentile`` carried to the negative peak where that lies higher and below the valley
+    (:func:`control_floor`; ``control_floor`` recorded, ``sd_raised_from`` the SD cut it replaced in
+    ``sd_threshold``: the control shows how far live cells' own autofluorescence reaches, large
+    non-lymphoid cells included, which k SDs of the lymphocytes' peak cut into; a floor at or above the
+    valley is ignored: such a control holds dye-bright cells, e.g. a stained tube named as the control;
+    for this rule ``unstained`` is read whatever the peaks); ``positive_sd`` =
     ``k_sd`` robust SDs below the positive peak, the SD being the upper-half RMS of the events
     above it (free of the dim smear between the populations); ``higher`` = the higher of the
     valley and that cut: the positive population as a cluster, so that a long, flat valley of dim
@@ -850,10 +881,11 @@ def place_valley(
     # the events and their density once, for the valley and for the negative_sd/lower rules
     x = _finite(values, "density threshold", 20)
     density = smoothed_density(x, bandwidth, *_padded_range(x, bandwidth))
+    floor_control = (unstained() if callable(unstained) else unstained) if rule == "lower" else None
     decide = partial(_valley_decision, x, density, bandwidth=bandwidth, min_prominence=min_prominence,
                      min_separation=min_separation, fallback_sd=fallback_sd, zero=zero, rule=rule, k_sd=k_sd,
                      sd_side=sd_side, one_population=one_population, transform=transform,
-                     control_percentile=control_percentile)
+                     control_percentile=control_percentile, floor_control=floor_control)
     if callable(unstained):
         cut, diagnostics, two_peaks = decide(unstained=None)
         control = unstained() if not two_peaks else None

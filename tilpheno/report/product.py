@@ -608,8 +608,9 @@ GATE_RULES = {
                   "doublet peak",
     "density_valley": "the density minimum between the two most prominent peaks",
     "negative_sd": "k robust SDs (the RMS of one half of the peak, the lower by default) above the main "
-                   "(negative) peak (rule negative_sd; rule lower: where that lies below the valley), so that dim "
-                   "events, such as dead cells dim in the dye, lie above the cut",
+                   "(negative) peak (rule negative_sd; rule lower: where that lies below the valley, raised to the "
+                   "unstained control's percentile carried to the peak where that lies higher and below the "
+                   "valley), so that dim events, such as dead cells dim in the dye, lie above the cut",
     "positive_sd": "k robust SDs (upper-half RMS) below the positive peak, the foot of the positive cluster "
                    "(rule positive_sd; rule higher: where that lies above the valley)",
     "single_population_sd": "one population only (flag no_second_peak): a set number of robust SDs beside its peak",

@@ -925,7 +925,9 @@ def _valley_meanings(d: Mapping[str, Any]) -> dict[str, str]:
     k = float(d.get("k_sd", math.nan))
     if "negative_mode" in d:
         sd = (f"{k:g} robust SDs ({d.get('sd_side', 'lower')}-half RMS {float(d.get('negative_width', math.nan)):.3f}) "
-              f"above the main peak at {float(d['negative_mode']):.3f} (rules negative_sd, lower)")
+              f"above the main peak at {float(d['negative_mode']):.3f} (rules negative_sd, lower)"
+              + (f", raised from {float(d['sd_raised_from']):.3f} to the unstained control's percentile carried to "
+                 "the peak (rule lower's floor: the live cells' own autofluorescence)" if "sd_raised_from" in d else ""))
     else:
         sd = (f"{k:g} robust SDs (upper-half RMS {float(d.get('positive_width', math.nan)):.3f}) below the positive peak "
               f"at {float(d.get('positive_peak', math.nan)):.3f}, the foot of the positive cluster (rules positive_sd, higher)")
