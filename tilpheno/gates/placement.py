@@ -2620,9 +2620,9 @@ def _fit_lowered(stained: np.ndarray, pooled_read: PooledRead, winner: str, cut:
                  diagnostics: dict[str, Any]) -> tuple[str, float]:
     """:func:`_outside_moved`'s downward move: a log-normal fit's cut (``fit_log_sd`` > 0; winner ``fmo_relative``, or
     ``skew_carry`` where the skew carry lowered it, ``skew_lowered_points``: its ``skew_raised_from``) above the
-    parent's negatives read on their lower sides (``pooled_read``) moved down to them: winner ``outside_pooled``, :func:`_pooled_recorded`'s
-    numbers, ``outside_lowered_from`` the fit's cut, ``outside_moved_points`` the % of the stained parent between
-    the two; any other cut unchanged."""
+    parent's negatives read on their lower sides (``pooled_read``) moved down to them: winner ``outside_pooled``,
+    :func:`_pooled_recorded`'s numbers, ``outside_lowered_from`` the fit's cut, ``outside_moved_points`` the % of the
+    stained parent between the two; any other cut unchanged."""
     skew_lowered = winner == "skew_carry" and "skew_lowered_points" in diagnostics
     if not (winner == "fmo_relative" or skew_lowered) or not diagnostics.get("fit_log_sd", 0.0) > 0:
         return winner, cut
@@ -2655,17 +2655,18 @@ def peak_density_ratio(values: np.ndarray, cut: float, mode: float, bandwidth: f
 def _skew_bounded(stained: np.ndarray, pooled_read: PooledRead, winner: str, cut: float, diagnostics: dict[str, Any],
                   dense_cut_ratio: float) -> tuple[str, float]:
     """:func:`_outside_moved`'s bound on a skew carry's cut (winner ``skew_carry``) that no other move took: the
-    parent's negatives read on their lower sides (``pooled_read``). The cut moves up to them where it lies inside the parent's dense negative peak
-    (:func:`peak_density_ratio` at the cut above ``dense_cut_ratio``) below them: the carry adds the reference's skew
-    to the parent's own binding read about the negative peak nearest the control's (or on the reference's shift,
-    ``skew_lowered_points``), which can lie below its negatives' bulk. A raised cut (no ``skew_lowered_points``)
-    moves down to them where it lies above them and they lie at or above the cut it was raised from (the raise alone
-    overshoots what the parent's negatives show: CD56's reference, ``not_CD8``, holds the NK cells, whose dim edge next
-    to its negatives can read as binding skew under heavy binding) or that cut was a log-normal fit's (``fit_log_sd`` >
-    0), which :func:`_fit_lowered` moves down to them unraised (the raise hid it from that move: V191734, NKT -2.3
-    points with a raise of 0.002). Winner ``outside_pooled``, :func:`_pooled_recorded`'s numbers,
-    ``skew_bounded_from`` the skew carry's cut, ``skew_bound_ratio`` the density ratio at it, ``outside_moved_points``
-    the % of the stained parent between the two; any other cut unchanged."""
+    parent's negatives read on their lower sides (``pooled_read``). The cut moves up to them where it lies inside
+    the parent's dense negative peak (:func:`peak_density_ratio` at the cut above ``dense_cut_ratio``) below them:
+    the carry adds the reference's skew to the parent's own binding read about the negative peak nearest the
+    control's (or on the reference's shift, ``skew_lowered_points``), which can lie below its negatives' bulk. A
+    raised cut (no ``skew_lowered_points``) moves down to them where it lies above them and they lie at or above the
+    cut it was raised from (the raise alone overshoots what the parent's negatives show: CD56's reference,
+    ``not_CD8``, holds the NK cells, whose dim edge next to its negatives can read as binding skew under heavy
+    binding) or that cut was a log-normal fit's (``fit_log_sd`` > 0), which :func:`_fit_lowered` moves down to them
+    unraised (the raise hid it from that move: V191734, NKT -2.3 points with a raise of 0.002). Winner
+    ``outside_pooled``, :func:`_pooled_recorded`'s numbers, ``skew_bounded_from`` the skew carry's cut,
+    ``skew_bound_ratio`` the density ratio at it, ``outside_moved_points`` the % of the stained parent between the
+    two; any other cut unchanged."""
     if winner != "skew_carry":
         return winner, cut
     pooled, read = pooled_read()
