@@ -199,7 +199,7 @@ def cross_fmo_control(spec: str, detector: str, transform: Any, rows: pd.DataFra
             data, used, applied = _compensated_transformed(fcs, detectors, other, spillover)
             if used.get(omitted) != transform:
                 continue
-            needed = _ancestors(other, population)
+            needed = set(other.population_gates(population))
             gated = gate_tube_kind(replace(other, populations=tuple(p for p in other.populations if p.name in needed),
                                            variables=()),
                                    [TubeData(str(row.file), "", kind, "fmo", omitted, data, dict(detectors), used,
@@ -208,19 +208,6 @@ def cross_fmo_control(spec: str, detector: str, transform: Any, rows: pd.DataFra
     except (FCSReadError, PanelError, CompensationError, GatingError):
         return None
     return None
-
-
-def _ancestors(strategy: Strategy, population: str) -> set[str]:
-    """``population`` and every population it depends on (parents, operands, references), by name."""
-    by_name = {p.name: p for p in strategy.populations}
-    needed, todo = set(), [population]
-    while todo:
-        name = todo.pop()
-        if name in needed or name not in by_name:
-            continue
-        needed.add(name)
-        todo.extend(by_name[name].depends_on)
-    return needed
 
 
 @dataclass
@@ -597,9 +584,10 @@ def _place_on(pop: Population, tube: TubeData, parent: np.ndarray, applied: np.n
     """Place a per-file gate (cells, singlets, lymphocytes, valley) on the events of ``parent``
     (the parent's mask, or the strategy's ``reference`` population's; ``applied``: then the
     parent's mask, for the self-check of a one-population cut; ``unstained``: gives the product's
-    unstained control's events (or None) for a valley gate's one-population decision, called
-    once, only for a gate that is one population without them: ``place_valley``, which carries the
-    control's ``percentile``, the run's FMO percentile, to one population it calls negative; ``held``: the
+    unstained control's events (or None), called at most once: for a valley gate's one-population
+    decision, only for a gate that is one population without them (``place_valley``, which carries the
+    control's ``percentile``, the run's FMO percentile, to one population it calls negative), and for
+    every ``rule: lower`` gate, whose SD cut the control's floor can raise (``placement.control_floor``); ``held``: the
     undetermined gates ``parent``'s events rest on, whose counts the self-check's flags do not quote)."""
     cols = [tube.data[d][parent] for d in pop.dims]
     params = dict(pop.params)
