@@ -143,8 +143,6 @@ def mechanism(row: pd.Series) -> str:
 
 
 def main(argv=None) -> None:
-    from tilpheno.simulate.cohort import simulate_product
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pattern", help="glob of captured .pkl files (fmo_gate_replay.py capture)")
     parser.add_argument("--csv", help="write the per-gate rows here")
@@ -157,10 +155,7 @@ def main(argv=None) -> None:
         with open(path, "rb") as fh:
             record = pickle.load(fh)
         seed = record["seed"]
-        phenomena = simulate_product(f"V{seed}", seed, 1, phenomena=True).phenomena
-        if args.sets:
-            phenomena = vg.set_phenomena(phenomena, seed, tuple(args.sets))
-        rows += gate_rows(record, phenomena)
+        rows += gate_rows(record, vg.drawn_phenomena(seed, tuple(args.sets)))
     table = pd.DataFrame(rows)
     if args.csv:
         table.to_csv(args.csv, index=False)

@@ -258,16 +258,21 @@ def fallback_rows(product_id: str, seed: int, result, errors: dict) -> list[dict
     return rows
 
 
+def drawn_phenomena(seed: int, sets: tuple[tuple[str, float, float], ...]):
+    """The bench phenomena of product ``V<seed>``: those the simulator draws (``phenomena=True``; one event per
+    tube is enough to draw them), then each of ``sets`` (:func:`set_phenomena`)."""
+    from tilpheno.simulate.cohort import simulate_product
+
+    return set_phenomena(simulate_product(f"V{seed}", seed, 1, phenomena=True).phenomena, seed, sets)
+
+
 def written_product(seed: int, events: int, sets: tuple[tuple[str, float, float], ...], folder: str | Path):
     """Product ``V<seed>`` simulated with the bench phenomena (``phenomena=True``; with ``sets``, the drawn
     phenomena, then the set ones: :func:`set_phenomena`), ``events`` per tube, its FCS files written into
     ``folder``: ``(product, manifest)``, the manifest's files as paths in ``folder``."""
     from tilpheno.simulate.cohort import manifest_rows, simulate_product, write_product
 
-    phenomena = True
-    if sets:   # the drawn phenomena (one event per tube is enough to draw them), then the set ones
-        phenomena = set_phenomena(simulate_product(f"V{seed}", seed, 1, phenomena=True).phenomena, seed, sets)
-    prod = simulate_product(f"V{seed}", seed, events, phenomena=phenomena)
+    prod = simulate_product(f"V{seed}", seed, events, phenomena=drawn_phenomena(seed, sets) if sets else True)
     write_product(prod, folder)
     manifest = pd.DataFrame(manifest_rows(prod))
     manifest["file"] = [str(Path(folder) / f) for f in manifest["file"]]
