@@ -1032,7 +1032,7 @@ def _pooled_note(d: dict[str, Any], reference: str, marker: str, held: tuple[str
     pooled = (f" to the {d['percentile']:g}th percentile of the parent's negatives read on their lower sides, its cells "
               f"in {reference} and those outside it (stated {marker}-negative) as normal groups")
     if "skew_bounded_from" in d:
-        up = float(d["skew_bounded_from"]) < float(d["threshold"])
+        up = pl.skew_bound_moved_up(d)
         where = "up from inside the parent's dense negative peak" if up else "down from above the parent's negatives"
         return (f"; the skew carry's cut {d['skew_bounded_from']:.4g} "
                 f"({'lowered' if 'skew_lowered_points' in d else 'raised'} from {d['skew_raised_from']:.4g}, with the "

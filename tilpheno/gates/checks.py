@@ -898,7 +898,7 @@ def fallback_outside_check(population: str, marker: str, placement: pl.Placement
                    f"{_pooled_words(d, reference, found)}: the fit took positives next to their upper side for binding, "
                    f"and no valley sets the cut, {_pooled_misses(marker, reference)}")
     elif d.get("winner") == "outside_pooled" and "skew_bounded_from" in d:   # placement._skew_bounded
-        skew, up = float(d["skew_bounded_from"]), float(d["skew_bounded_from"]) < cut
+        skew, up = float(d["skew_bounded_from"]), pl.skew_bound_moved_up(d)
         message = (f"the cut {cut:.3f} anchored on the unstained control was moved {'up' if up else 'down'} from the "
                    f"skew carry's {skew:.3f} ({'lowered' if 'skew_lowered_points' in d else 'raised'} from "
                    f"{float(d['skew_raised_from']):.3f}, with the right skew of {reference}), which lay "

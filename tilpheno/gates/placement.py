@@ -2683,6 +2683,13 @@ def _skew_bounded(stained: np.ndarray, pooled_read: PooledRead, winner: str, cut
     return "outside_pooled", pooled
 
 
+def skew_bound_moved_up(diagnostics: dict[str, Any]) -> bool:
+    """Whether :func:`_skew_bounded` moved the skew carry's cut (``skew_bounded_from``) up to the parent's negatives
+    read on their lower sides (the final ``threshold``, transformed units), from inside the parent's dense negative
+    peak, rather than down from above them: the direction the report's and the check's words name."""
+    return float(diagnostics["skew_bounded_from"]) < float(diagnostics["threshold"])
+
+
 def reference_above_points(values: np.ndarray, cut: float, high: float) -> float:
     """Percentage points of the stained parent ``values`` between its own upper-side carry-over ``high``
     (``relative_high``) and a reference carry-over ``cut`` above it; 0 when ``cut`` is not above it (or ``high`` is
