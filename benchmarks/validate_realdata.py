@@ -36,7 +36,9 @@ CD4 / CD8 T cells % of those T cells; ``f1_labels`` against the per-event labels
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -78,6 +80,58 @@ def strategy_for(path: Path, panel) -> str:
 
     markers = set(panel_from_fcs(read_fcs(path), override=panel, tube="tcell").markers)
     return next(name for marker, name in STRATEGIES.items() if not marker or marker in markers)
+
+
+@dataclass
+class GatedSample:
+    """One FlowAtlas sample gated by its panel's strategy, with the expert's gates re-applied.
+
+    ``expert``: our population name (``EXPERT``) -> the expert's mask over the file's events;
+    ``workspace``: every population path of the expert's tree -> its mask; ``control``: the donor's
+    unstained control (None when absent; given to the analysis only when ``controls``)."""
+
+    sample: str
+    events: int
+    result: Any                     # tilpheno.phenotype.ProductResult
+    expert: dict[str, np.ndarray]
+    workspace: dict[str, np.ndarray]
+    flowjo: Any                     # tilpheno.gates.flowjo.FlowJoSample (the expert's gate geometry)
+    control: Path | None
+
+
+def gated_samples(base: Path, strategies, test_panel, controls: bool = True) -> Iterator[GatedSample]:
+    """The 14 FlowAtlas samples of ``base`` (``flowatlas_tissue_tcell``) in the manifest's order, each
+    gated by the strategy of its panel (``strategies``: name -> Strategy) with ``test_panel`` for the
+    detectors FlowJo left unlabelled, and with its donor's unstained control when ``controls``."""
+    from tilpheno.gates.flowjo import apply_workspace, read_workspace
+    from tilpheno.io.fcs import read_fcs
+    from tilpheno.panel import PanelOverrides
+    from tilpheno.phenotype import analyze_product
+
+    manifest = pd.read_csv(base / "fcs_manifest.csv")
+    workspace = base / "workspace_2021-08-06_12a14ca.wsp"
+    for _, rec in manifest.iterrows():
+        path = base / rec["file"]
+        if not rec["file"].startswith("fcs/"):
+            continue
+        stem = path.stem
+        # the 412C files carry no $PnS: their detectors as the other donors' (README), per file
+        rows_412c = [r for r in test_panel.rows if r.tube in ("", "*")]
+        if stem.startswith("412C"):
+            template = [r for r in test_panel.rows if r.tube == "412C_mLN_026"]
+            rows_412c += [type(r)(stem, r.detector, r.marker) for r in template]
+        panel = PanelOverrides(test_panel.source, tuple(rows_412c))
+        control = next((base / "unstained_controls_2020").glob(f"{stem.split('_')[0].rstrip('C')}C__*.fcs"), None)
+        m = pd.DataFrame([{"file": str(path), "product_id": stem, "tube": "tcell", "role": "stain", "fmo_marker": ""}]
+                         + ([{"file": str(control), "product_id": stem, "tube": "unstained", "role": "unstained",
+                              "fmo_marker": ""}] if control is not None and controls else []))
+        result = analyze_product(stem, m, [strategies[strategy_for(path, panel)]], panel_override=panel)
+        fcs = read_fcs(path)
+        sample = read_workspace(workspace, sample=str(rec["$FIL"]))   # $FIL: the workspace's name for it
+        masks = apply_workspace(sample, fcs.events, fcs.channel_names)
+        t_path = next(p for p in masks if p.split("/")[-1] == "T cells")
+        expert = {ours: masks[t_path if not sub else f"{t_path}/{sub}"] for ours, (sub, _, _) in EXPERT.items()}
+        yield GatedSample(stem, fcs.events.shape[0], result, expert, masks, sample, control)
 
 
 def names_gate(message: str, gates) -> bool:
@@ -177,9 +231,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from tilpheno.gates.checks import needs_review
-    from tilpheno.gates.flowjo import apply_workspace, read_workspace
     from tilpheno.gates.strategy import load_strategy
-    from tilpheno.io.fcs import read_fcs
     from tilpheno.panel import PanelOverrides, read_panel_file
     from tilpheno.phenotype import analyze_product
 
@@ -188,39 +240,16 @@ def main(argv=None) -> None:
         raise SystemExit(f"{base}: not found (the real data live in ../shared/realdata)")
     strategies = {name: load_strategy(Path(args.gating) / f"{name}.yaml") for name in STRATEGIES.values()}
     test_panel = read_panel_file(ROOT / "tests" / "data" / "realdata_flowatlas" / "panel.csv")
-    manifest = pd.read_csv(base / "fcs_manifest.csv")
-    workspace = base / "workspace_2021-08-06_12a14ca.wsp"
 
     rows, control_rows, unstained_rows = [], [], []
-    for _, rec in manifest.iterrows():
-        path = base / rec["file"]
-        if not rec["file"].startswith("fcs/"):
-            continue
-        stem = path.stem
-        # the 412C files carry no $PnS: their detectors as the other donors' (README), per file
-        rows_412c = [r for r in test_panel.rows if r.tube in ("", "*")]
-        if stem.startswith("412C"):
-            template = [r for r in test_panel.rows if r.tube == "412C_mLN_026"]
-            rows_412c += [type(r)(stem, r.detector, r.marker) for r in template]
-        panel = PanelOverrides(test_panel.source, tuple(rows_412c))
-        control = next((base / "unstained_controls_2020").glob(f"{stem.split('_')[0].rstrip('C')}C__*.fcs"), None)
-        m = pd.DataFrame([{"file": str(path), "product_id": stem, "tube": "tcell", "role": "stain", "fmo_marker": ""}]
-                         + ([{"file": str(control), "product_id": stem, "tube": "unstained", "role": "unstained",
-                              "fmo_marker": ""}] if control is not None and not args.no_controls else []))
-        strategy = strategies[strategy_for(path, panel)]
-        result = analyze_product(stem, m, [strategy], panel_override=panel)
-        tube = result.tubes[0]
+    for g in gated_samples(base, strategies, test_panel, controls=not args.no_controls):
+        stem, result, tube, control, n = g.sample, g.result, g.result.tubes[0], g.control, g.events
+        expert = g.expert
         review = [f for f in result.qc if needs_review(f)]
         unstained_rows.append({"sample": stem, "control": control.name if control is not None else "",
                                "unstained_flags": " | ".join(f.message for f in result.qc
                                                              if f.code in ("unstained_positive", "unstained_unusable",
                                                                            "unstained_control"))})
-        fcs = read_fcs(path)
-        sample = read_workspace(workspace, sample=str(rec["$FIL"]))   # $FIL: the workspace's name for it
-        masks = apply_workspace(sample, fcs.events, fcs.channel_names)
-        t_path = next(p for p in masks if p.split("/")[-1] == "T cells")
-        expert = {ours: masks[t_path if not sub else f"{t_path}/{sub}"] for ours, (sub, _, _) in EXPERT.items()}
-        n = fcs.events.shape[0]
         ours_masks = tube.masks
         for pop, (_, parent, _) in EXPERT.items():
             o_parent = ours_masks[parent] if parent != "root" else np.ones(n, bool)
