@@ -159,6 +159,35 @@ def census(g, plane: str) -> list[dict]:
     return rows
 
 
+def t_cell_census(g, cd3_transform) -> list[dict]:
+    """The T-cell events of the sample ``g`` that are ours only or the expert's only (the
+    ``upstream`` class of the CD4 x CD8 plane), by where they lie against the expert's T-cell
+    rectangle (on the compensated linear scale): CD3 below its lower edge, CD3 above its upper
+    edge, outside it on its other marker (CD45 or CD8), or inside it (then an earlier gate of the
+    expert's, e.g. non-B, or our gates above T cells decided); ``in_dn``: of those, in our or the
+    expert's CD4- CD8- population; ``cd3_cut`` our T-cell cut and ``expert_cd3_edge`` the expert's
+    lower CD3 edge, both in transformed units (``cd3_transform``: the strategies' CD3 scale)."""
+    gate = next(p.gate for p in g.flowjo.populations if p.name == "T cells")
+    events = {d: g.fcs.events[:, g.fcs.channel_names.index(d)] for d in gate.dims}
+    cd3 = next(i for i, d in enumerate(gate.dims) if "379_28" in d)   # CD3 (BUV395) in every panel
+    other = 1 - cd3
+    tube = g.result.tubes[0]
+    ours, expert = tube.masks["T cells"], g.expert["T cells"]
+    dn = tube.masks["CD4- CD8-"] | g.expert["CD4- CD8-"]
+    rows = []
+    for side, m in (("ours_only", ours & ~expert), ("expert_only", expert & ~ours)):
+        c3, co = events[gate.dims[cd3]], events[gate.dims[other]]
+        below, above = m & (c3 < gate.lows[cd3]), m & (c3 > gate.highs[cd3])
+        off_other = m & ~below & ~above & ((co < gate.lows[other]) | (co > gate.highs[other]))
+        rows.append({"sample": g.sample, "side": side, "events": int(np.count_nonzero(m)),
+                     "in_dn": int(np.count_nonzero(m & dn)), "cd3_below_expert": int(np.count_nonzero(below)),
+                     "cd3_above_expert": int(np.count_nonzero(above)), "outside_on_other": int(np.count_nonzero(off_other)),
+                     "inside_rectangle": int(np.count_nonzero(m & ~below & ~above & ~off_other)),
+                     "other_marker": gate.dims[other], "cd3_cut": tube.diagnostics["T cells"]["threshold"],
+                     "expert_cd3_edge": float(cd3_transform.apply(np.array([gate.lows[cd3]]))[0])})
+    return rows
+
+
 def expert_gate_kinds(g) -> dict[str, str]:
     """The expert's gate kind of each population of the two planes (``rectangle`` / ``polygon`` ...,
     ``display`` when drawn on FlowJo's display scale rather than the linear one)."""
@@ -181,15 +210,20 @@ def main(argv=None) -> None:
     base = Path(args.realdata) / "flowatlas_tissue_tcell"
     strategies = {name: load_strategy(Path(args.gating) / f"{name}.yaml") for name in STRATEGIES.values()}
     test_panel = read_panel_file(ROOT / "tests" / "data" / "realdata_flowatlas" / "panel.csv")
-    rows, kinds = [], []
+    cd3 = strategies["flowatlas_tcell"].transform_for("CD3")
+    assert all(st.transform_for("CD3") == cd3 for st in strategies.values()), "one CD3 scale for the three panels"
+    rows, kinds, t_rows = [], [], []
     for g in gated_samples(base, strategies, test_panel):
         kinds.append({"sample": g.sample, **expert_gate_kinds(g)})
+        t_rows.extend(t_cell_census(g, cd3))
         for plane in PLANES:
             rows.extend(census(g, plane))
     table = pd.DataFrame(rows)
     pd.set_option("display.width", 250)
     print("the expert's gates:")
     print(pd.DataFrame(kinds).to_string(index=False))
+    print("\nT cells ours only / the expert's only, against the expert's T-cell rectangle:")
+    print(pd.DataFrame(t_rows).round(3).to_string(index=False))
     print("\nper sample and population (events; *_ours_only = ours and not the expert's):")
     print(table.round(3).to_string(index=False))
     cols = [f"{c}_{side}" for c in CLASSES for side in ("ours_only", "expert_only")]

@@ -87,8 +87,9 @@ class GatedSample:
     """One FlowAtlas sample gated by its panel's strategy, with the expert's gates re-applied.
 
     ``expert``: our population name (``EXPERT``) -> the expert's mask over the file's events;
-    ``workspace``: every population path of the expert's tree -> its mask; ``control``: the donor's
-    unstained control (None when absent; given to the analysis only when ``controls``)."""
+    ``workspace``: every population path of the expert's tree -> its mask; ``fcs``: the file read;
+    ``control``: the donor's unstained control (None when absent; given to the analysis only when
+    ``controls``)."""
 
     sample: str
     events: int
@@ -97,6 +98,7 @@ class GatedSample:
     workspace: dict[str, np.ndarray]
     flowjo: Any                     # tilpheno.gates.flowjo.FlowJoSample (the expert's gate geometry)
     control: Path | None
+    fcs: Any                        # tilpheno.io.fcs.FCSFile: the compensated events the expert gated
 
 
 def gated_samples(base: Path, strategies, test_panel, controls: bool = True) -> Iterator[GatedSample]:
@@ -131,7 +133,7 @@ def gated_samples(base: Path, strategies, test_panel, controls: bool = True) -> 
         masks = apply_workspace(sample, fcs.events, fcs.channel_names)
         t_path = next(p for p in masks if p.split("/")[-1] == "T cells")
         expert = {ours: masks[t_path if not sub else f"{t_path}/{sub}"] for ours, (sub, _, _) in EXPERT.items()}
-        yield GatedSample(stem, fcs.events.shape[0], result, expert, masks, sample, control)
+        yield GatedSample(stem, fcs.events.shape[0], result, expert, masks, sample, control, fcs)
 
 
 def names_gate(message: str, gates) -> bool:
