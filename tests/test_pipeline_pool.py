@@ -3,6 +3,7 @@ per product) with crash isolation (a dead worker fails only its own job and is r
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from tilpheno.pipeline.executors import _single_threaded_worker
 from tilpheno.pipeline.pool import WorkerPool, describe_exit
@@ -71,6 +72,41 @@ def test_a_worker_is_handed_its_next_job_before_the_caller_handles_its_result(tm
         rest = list(results)
     assert (got, rest) == (first, [second])
     assert started_meanwhile
+
+
+def _wait_for_file(job: str):
+    """Return ``job`` once the file it names exists (at most 120 s): a product that runs until the
+    test lets it end."""
+    import time
+
+    deadline = time.monotonic() + 120
+    while not os.path.exists(job) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return job
+
+
+def test_a_worker_with_no_job_left_ends_while_another_still_runs(tmp_path):
+    """Issue 18, the end of a ``--jobs 2`` run: a worker whose last product was done waited, idle,
+    until the last product of the other worker was done and the pool closed, and only then ended
+    (the release of its memory, 300-600 MB on the benchmark folder, then on the run's serial tail).
+    Here one worker runs a job that ends only when the test creates its file, the other a job that
+    ends at once: with no job left, that worker must end while the first job still runs (waited for
+    up to 60 s; on a pool without this it never does, and the test fails at that bound)."""
+    held, quick = str(tmp_path / "held"), str(tmp_path / "quick")
+    Path(quick).touch()
+    with WorkerPool(2, _wait_for_file, _failed) as pool:
+        results = pool.imap_unordered([held, quick])
+        got = next(results)
+        idle = [w.process for w in pool.workers if w.job is None]
+        for process in idle:
+            process.join(timeout=60)
+        ended_meanwhile = [process.exitcode for process in idle]
+        still_running = [w.process.exitcode for w in pool.workers if w.job is not None]
+        Path(held).touch()
+        rest = list(results)
+    assert (got, rest) == (quick, [held])
+    assert ended_meanwhile == [0]
+    assert still_running == [None]
 
 
 def _gc_state(job: str):

@@ -174,6 +174,7 @@ class _Worker:
     process: Any
     conn: Any
     job: Any = None
+    stopped: bool = False   # asked to stop: no job was left for it (:meth:`WorkerPool._stop`)
 
 
 class WorkerPool:
@@ -211,9 +212,11 @@ class WorkerPool:
         return describe_exit(worker.process.exitcode)
 
     def _hand_out(self, worker: _Worker, pending: deque) -> None:
-        """Send the idle ``worker`` the next of the ``pending`` jobs, if any. A worker that died while
-        idle is retired and the job put back first in line (it was never run)."""
+        """Send the idle ``worker`` the next of the ``pending`` jobs; with none left, ask it to stop
+        (:meth:`_stop`). A worker that died while idle is retired and the job put back first in line
+        (it was never run)."""
         if not pending:
+            self._stop(worker)
             return
         job = pending.popleft()
         worker.job = job
@@ -224,17 +227,33 @@ class WorkerPool:
             pending.appendleft(job)
             self._retire(worker)
 
+    @staticmethod
+    def _stop(worker: _Worker) -> None:
+        """Ask the idle ``worker`` to stop (once): no job is left for it (jobs are only put back while
+        some are pending, so none will be). Its end, the release of its memory (a worker of the
+        benchmark folder holds 300-600 MB), overlaps with the products the other workers still run
+        and with the caller's handling of the last results, instead of waiting for :meth:`close`,
+        which then only joins it."""
+        if worker.stopped:
+            return
+        worker.stopped = True
+        try:
+            worker.conn.send(None)
+        except (OSError, EOFError):   # it died meanwhile: close() finds it ended
+            pass
+
     def imap_unordered(self, jobs: Sequence[Any]) -> Iterator[Any]:
         """``run(job)`` for every job, as results arrive. A worker that sent a result is handed its next
         job before the result is yielded: the caller's handling of a result (a product's outcome
-        stored, its report published) no longer keeps that worker idle."""
+        stored, its report published) no longer keeps that worker idle; a worker for which no job is
+        left is asked to stop then (:meth:`_stop`)."""
         from multiprocessing.connection import wait
 
         pending = deque(jobs)
         while pending or any(w.job is not None for w in self.workers):
             while pending and len(self.workers) < self.size:
                 self._start()
-            for worker in [w for w in self.workers if w.job is None]:
+            for worker in [w for w in self.workers if w.job is None and not w.stopped]:
                 self._hand_out(worker, pending)
             busy = {w.conn: w for w in self.workers if w.job is not None}
             if not busy:
@@ -257,10 +276,7 @@ class WorkerPool:
         """Stop every worker: asked to stop and given 5 s to finish (``wait``), else terminated at
         once (the run is abandoned: no product still running is wanted)."""
         for worker in list(self.workers):
-            try:
-                worker.conn.send(None)
-            except (OSError, EOFError):
-                pass
+            self._stop(worker)
         for worker in list(self.workers):
             if wait:
                 worker.process.join(timeout=5)
