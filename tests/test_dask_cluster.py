@@ -390,3 +390,22 @@ def test_the_dask_client_imports_distributed_with_the_garbage_collector_paused()
     done = subprocess.run([sys.executable, "-c", FULL_COLLECTIONS_WHILE_IMPORTING], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert done.stdout.strip() == "full collections: 0 collector on: True", done.stdout + done.stderr
+
+
+def test_a_dask_run_takes_each_outcome_when_it_completes_not_at_its_next_look():
+    """Issue 18, a Dask run's serial tail: the client polled ``as_completed`` every 0.2 s, so the last
+    product's outcome waited up to 0.2 s (0.1 s on average) before the run wrote its tables, the cluster
+    idle meanwhile. Each outcome is now taken when its task completes: here the cluster is looked at for
+    workers once an hour (the fourth argument), and a finished task must still come out at once (waited
+    for up to 60 s; on a client that sleeps between looks it comes out after an hour)."""
+    from tilpheno.pipeline import executors
+
+    got: list = []
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        future = client.submit(sum, [1, 2], pure=False)
+        taker = threading.Thread(target=lambda: got.extend(executors._completed(client, [future], "here", 3600)),
+                                 daemon=True)
+        taker.start()
+        taker.join(timeout=60)
+        assert got == [future]
+        assert future.result() == 3
