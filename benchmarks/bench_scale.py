@@ -470,7 +470,7 @@ def _trace_the_run() -> None:
 
     executors.run_product = traced_run_product   # pickled by reference: the workers run the traced one
     for owner, name in [(run, "load_manifest"), (run, "start_run_record"), (executors, "largest_first"),
-                        (pool.WorkerPool, "_start"),
+                        (pool.WorkerPool, "_start"), (pool.WorkerPool, "close"),
                         (executors, "_check_scheduler"), (executors, "_wait_for_a_worker"),
                         (executors, "_check_workers_code"), (executors, "_check_workers_see"),
                         (outputs, "_tables"), (outputs, "_write_populations"), (outputs, "write_run_record")]:
@@ -584,6 +584,18 @@ def timeline(args) -> None:
           f"serial head (start to the first product) {first - t0:.1f} s; products {last - first:.1f} s "
           f"({busy:.1f} s summed over products); workers idle while another still ran {idle:.1f} s; "
           f"serial tail (last product to the parent's end) {exit_t - last:.1f} s")
+    print(split_line(first - t0, busy, exit_t - last, len(last_of), exit_t - t0))
+
+
+def split_line(head: float, busy: float, tail: float, workers: int, wall: float) -> str:
+    """What splitting the products' work finer could win at best on a run with this serial ``head``
+    (start to the first product, s), ``busy`` (products' wall s summed over the workers), serial
+    ``tail`` (last product to the parent's end, s) and ``workers``: the run would end at ``head +
+    busy / workers + tail`` (every worker busy to the same end, no product's work added by the
+    split), against the run's ``wall``."""
+    best = head + busy / workers + tail
+    return (f"products' work split perfectly across the {workers} worker(s): head + summed products / "
+            f"{workers} + tail = {best:.2f} s, {wall - best:.2f} s less than this run's {wall:.2f} s")
 
 
 def traced_process(argv: list[str], env: dict, tree: Path) -> dict[str, float]:

@@ -44,3 +44,11 @@ def test_split_cohort_leaves_the_cohorts_files_as_they_were(tmp_path):
             assert (half / r["file"]).read_bytes() == (cohort / r["file"]).read_bytes()
         seen += mine
     assert sorted(seen, key=lambda r: r["file"]) == sorted(rows, key=lambda r: r["file"])
+
+
+def test_split_line_is_head_plus_the_products_shared_out_plus_tail():
+    """``timeline``'s bound for a finer split (stop 62): stop 58's quiet ``--jobs 2`` timeline (head 0.9 s, products
+    6.0 s summed over 2 workers, tail 0.1 s, 4.1 s wall) could end at 0.9 + 3.0 + 0.1 = 4.0 s at best."""
+    line = bench_scale.split_line(0.9, 6.0, 0.1, 2, 4.1)
+    assert "= 4.00 s, 0.10 s less than this run's 4.10 s" in line
+    assert "= 6.00 s, 0.00 s less" in bench_scale.split_line(0.5, 5.4, 0.1, 1, 6.0)
