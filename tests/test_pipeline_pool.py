@@ -109,6 +109,23 @@ def test_a_worker_with_no_job_left_ends_while_another_still_runs(tmp_path):
     assert still_running == [None]
 
 
+def test_a_pool_runs_a_second_list_of_jobs_after_its_workers_were_asked_to_stop():
+    """A worker for which no job was left is asked to stop (above); a second ``imap_unordered`` on
+    the same pool must start new workers in their place, not wait for ever on stopped ones (the
+    call runs in a thread, given 60 s)."""
+    import threading
+
+    got: list = []
+    with WorkerPool(2, _pid_of, _failed) as pool:
+        first = dict(pool.imap_unordered(["a", "b"]))
+        second = threading.Thread(target=lambda: got.extend(pool.imap_unordered(["c", "d", "e"])), daemon=True)
+        second.start()
+        second.join(timeout=60)
+        finished = not second.is_alive()
+    assert set(first) == {"a", "b"}
+    assert finished and {job for job, _ in got} == {"c", "d", "e"}
+
+
 def _gc_state(job: str):
     """The job and its worker's cyclic garbage collector: (objects frozen, collector enabled)."""
     import gc

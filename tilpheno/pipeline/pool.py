@@ -246,9 +246,11 @@ class WorkerPool:
         """``run(job)`` for every job, as results arrive. A worker that sent a result is handed its next
         job before the result is yielded: the caller's handling of a result (a product's outcome
         stored, its report published) no longer keeps that worker idle; a worker for which no job is
-        left is asked to stop then (:meth:`_stop`)."""
+        left is asked to stop then (:meth:`_stop`), and a later call starts new workers in its place."""
         from multiprocessing.connection import wait
 
+        for worker in [w for w in self.workers if w.stopped]:   # asked to stop by an earlier call
+            self._retire(worker)
         pending = deque(jobs)
         while pending or any(w.job is not None for w in self.workers):
             while pending and len(self.workers) < self.size:
