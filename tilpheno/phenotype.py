@@ -165,25 +165,43 @@ class CrossControl:
     values: np.ndarray
 
 
-def cross_fmo_control(spec: str, detector: str, transform: Any, rows: pd.DataFrame, strategies: Mapping[str, Strategy],
-                      study: Study, spillover: Spillover | None, panel_override: Any, percentile: float,
-                      ) -> CrossControl | None:
-    """The :class:`CrossControl` that ``spec`` (``<tube kind>:<population>``) names for a gate on ``detector``:
-    the product's (``rows``) first FMO file of that tube kind whose omitted marker sits on ``detector`` in the
-    kind's stained file, read as that kind's files are (acquisition step, compensation, its strategy's
-    transforms) and gated on its own data down to ``population``; its values on ``detector`` where the kind
-    transforms it as the gate's marker (``transform``). None without such a file, with another transform there,
-    or when it cannot be read or gated (the unstained control then stands in, as before)."""
+@dataclass(frozen=True)
+class CrossGated:
+    """Another tube kind's FMO file (``file``, of kind ``tube``) read once and gated once on its own data down to
+    every population the gates that may stand on it name (:func:`cross_fmo_gated`): ``values``, the compensated
+    values of ``detector`` on all its events, transformed as the gate's marker; ``masks``, population -> its
+    events. Each gate's :class:`CrossControl` is carved from it (:meth:`control`)."""
+
+    file: str
+    tube: str
+    detector: str
+    values: np.ndarray
+    masks: Mapping[str, np.ndarray]
+
+    def control(self, population: str) -> CrossControl | None:
+        """The :class:`CrossControl` of ``population`` (its events on the detector), None when it was not gated."""
+        mask = self.masks.get(population)
+        return None if mask is None else CrossControl(self.file, self.tube, population, self.detector, self.values[mask])
+
+
+def cross_fmo_gated(kind: str, populations: Sequence[str], detector: str, transform: Any, rows: pd.DataFrame,
+                    strategies: Mapping[str, Strategy], study: Study, spillover: Spillover | None, panel_override: Any,
+                    percentile: float) -> CrossGated | None:
+    """The product's (``rows``) first FMO file of tube kind ``kind`` whose omitted marker sits on ``detector`` in the
+    kind's stained file, read as that kind's files are (acquisition step, compensation, its strategy's transforms)
+    and gated once on its own data down to ``populations`` (those the kind's strategy defines; the union of their
+    gates, :meth:`Strategy.population_gates`), as a :class:`CrossGated`, only where the kind transforms the
+    detector as the gate's marker (``transform``). None without such a file or population, with another transform
+    there, or when it cannot be read or gated (the unstained control then stands in, as before)."""
     from tilpheno.io.fcs import read_fcs, read_fcs_metadata
     from tilpheno.panel import panel_from_fcs, require
 
-    kind, _, population = spec.partition(":")
     other = strategies.get(kind)
-    if other is None or population not in {p.name for p in other.populations}:
-        return None
+    defined = {p.name for p in other.populations} if other is not None else set()
+    wanted = tuple(p for p in dict.fromkeys(populations) if p in defined)
     group = rows[rows["tube"] == kind]
     stained = group[group["role"] == "stain"]
-    if stained.empty:
+    if other is None or not wanted or stained.empty:
         return None
     try:
         meta = read_fcs_metadata(stained.iloc[0]["file"], checksum=False)
@@ -199,15 +217,27 @@ def cross_fmo_control(spec: str, detector: str, transform: Any, rows: pd.DataFra
             data, used, applied = _compensated_transformed(fcs, detectors, other, spillover)
             if used.get(omitted) != transform:
                 continue
-            needed = set(other.population_gates(population))
+            needed = set(other.population_gates(*wanted))
             gated = gate_tube_kind(replace(other, populations=tuple(p for p in other.populations if p.name in needed),
                                            variables=()),
                                    [TubeData(str(row.file), "", kind, "fmo", omitted, data, dict(detectors), used,
                                              applied is not None)], percentile, study)[0]
-            return CrossControl(str(row.file), kind, population, detector, data[omitted][gated.masks[population]])
+            return CrossGated(str(row.file), kind, detector, data[omitted],
+                              {p: gated.masks[p] for p in wanted if p in gated.masks})
     except (FCSReadError, PanelError, CompensationError, GatingError):
         return None
     return None
+
+
+def cross_fmo_control(spec: str, detector: str, transform: Any, rows: pd.DataFrame, strategies: Mapping[str, Strategy],
+                      study: Study, spillover: Spillover | None, panel_override: Any, percentile: float,
+                      ) -> CrossControl | None:
+    """The :class:`CrossControl` that ``spec`` (``<tube kind>:<population>``) names for a gate on ``detector``
+    (:func:`cross_fmo_gated` for that one population); None as there."""
+    kind, _, population = spec.partition(":")
+    gated = cross_fmo_gated(kind, (population,), detector, transform, rows, strategies, study, spillover,
+                            panel_override, percentile)
+    return None if gated is None else gated.control(population)
 
 
 @dataclass
@@ -2257,14 +2287,20 @@ def analyze_product(
             tried = (unstained(k, row)[1] for k, row in enumerate(unstained_rows.itertuples(index=False)))
             return next((t for t in tried if t is not None), None)
 
-        crossed: dict[tuple[str, str], CrossControl | None] = {}
+        crossed: dict[tuple[str, str], CrossGated | None] = {}
+        named = [str(p.params["cross_fmo"]).partition(":") for p in strategy.populations if p.params.get("cross_fmo")]
 
-        def cross(spec: str, detector: str, transform: Any) -> CrossControl | None:
-            """Another tube kind's FMO for a gate without its own (``cross_fmo``), read once per spec and detector."""
-            if (spec, detector) not in crossed:
-                crossed[(spec, detector)] = cross_fmo_control(spec, detector, transform, rows, strategy_map, study,
-                                                              spill, panel_override, fmo_percentile)
-            return crossed[(spec, detector)]
+        def cross(spec: str, detector: str, transform: Any, named=named) -> CrossControl | None:
+            """Another tube kind's FMO for a gate without its own (``cross_fmo``): the file read and gated once per
+            tube kind and detector, down to every population this strategy's ``cross_fmo`` names in that kind
+            (:func:`cross_fmo_gated`), each gate's events carved from it."""
+            kind, _, population = spec.partition(":")
+            if (kind, detector) not in crossed:
+                crossed[(kind, detector)] = cross_fmo_gated(kind, [p for k, _, p in named if k == kind], detector,
+                                                            transform, rows, strategy_map, study, spill,
+                                                            panel_override, fmo_percentile)
+            gated = crossed[(kind, detector)]
+            return None if gated is None else gated.control(population)
 
         run = _TubeKindRun(strategy, sources, load, fmo_percentile, keep_loaded=plot_events is None,
                            vocabulary=study.vocabulary, qc=study.qc, settle=settle, control=control,
