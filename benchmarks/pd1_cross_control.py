@@ -14,7 +14,12 @@ cut minus above the ideal-FMO cut, ``truth.stained_negative_reference``) of each
 - ``placed_*``: the gate placed by ``checks.place_and_check`` as the pipeline places a PD1 gate without its FMO:
   ``unstained`` main's fallback (the unstained control as the FMO, non_T's binding tail raising it), ``foxp3_fmo``
   the FoxP3 FMO's counterpart as the parent's FMO and the unstained control as non_T's (the with-FMO rule,
-  ``phenotype.cross_fmo_control``), ``treg_stain`` the same with the Treg stain tube's counterpart.
+  ``phenotype.cross_fmo_control``), ``treg_stain`` the same with the Treg stain tube's counterpart, ``spread`` (stop
+  62) the same with the unstained control's live lymphocytes spread by CD3 FITC's spreading into PE as the parent's
+  FMO: event i plus s x the (i mod 32)-th of the 32 fixed normal quantiles (``placement.SIGNAL_QUANTILES``), s the
+  added lower-side spread (``placement.reference_binding``) of the Treg stain tube's CD3+ cells of the parent's
+  lineage (CD3+ for PD1+, CD3+CD4- for CD8+, CD3+CD4+ for CD4+) over its CD3- lymphocytes, both FoxP3 PE-stained
+  and fixed alike (``spread_*`` the value, linear units): a stand-in without the PD1 and the FoxP3 FMO.
 
 The labels stand in for the gates, so the errors are the controls' and the rules', not the lineage gates'. Seeds:
 development seeds only (``validate_gating.py``'s list).
@@ -27,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pandas as pd
 
-CANDIDATES = ("unstained", "treg_stain", "foxp3_fmo")
+CANDIDATES = ("unstained", "treg_stain", "foxp3_fmo", "spread")
 PARENTS = {"PD1+": "ref_pd1_threshold", "CD8+PD1+": "ref_cd8pd1_threshold", "CD4+PD1+": "ref_cd4pd1_threshold"}
 
 
@@ -59,6 +64,19 @@ def one_product(seed: int) -> list[dict]:
         mask = {"PD1+": lymph, "CD8+PD1+": lymph & cd3 & ~cd4, "CD4+PD1+": lymph & cd3 & cd4}[gate]
         return pe[kind][mask]
 
+    from tilpheno.gates import placement as pl
+
+    def spread(gate: str) -> tuple[float, np.ndarray]:
+        """The Treg stain tube's CD3+ cells of ``gate``'s lineage over its CD3- lymphocytes (added lower-side spread,
+        linear units) and the unstained control's events spread by it (transformed)."""
+        t = tubes["treg_stain"]
+        lymph, cd3, cd4 = lymphocytes(t), t.labels["cd3"], t.labels["cd4"]
+        lineage = {"PD1+": lymph & cd3, "CD8+PD1+": lymph & cd3 & ~cd4, "CD4+PD1+": lymph & cd3 & cd4}[gate]
+        binding = pl.reference_binding(pe["treg_stain"][lymph & ~cd3], pe["treg_stain"][lineage], transform)
+        s = binding.spread if binding is not None else 0.0
+        linear = transform.inverse(control)
+        return s, transform.apply(linear + s * pl.SIGNAL_QUANTILES[np.arange(linear.size) % pl.SIGNAL_QUANTILES.size])
+
     def placed(gate: str, fmo: np.ndarray, stained: np.ndarray, **kw) -> float:
         p = checks.place_and_check(gate, "PD1", fmo, stained, percentile=99.5, source_file="-", min_events=200,
                                    transform=transform, control_name="unstained control", rule="relative", **kw)
@@ -68,14 +86,17 @@ def one_product(seed: int) -> list[dict]:
     for gate, parent in parents.items():
         x = pe["surface"][parent]
         ideal = float(transform.apply(np.array([prod.truth[PARENTS[gate]]]))[0])
-        own = {"unstained": control, "treg_stain": counterpart("treg_stain", gate), "foxp3_fmo": counterpart("foxp3_fmo", gate)}
+        row_spread, spread_control = spread(gate)
+        own = {"unstained": control, "treg_stain": counterpart("treg_stain", gate), "foxp3_fmo": counterpart("foxp3_fmo", gate),
+               "spread": spread_control}
         row = {"seed": seed, "gate": gate, "phen_nsb_PD1": prod.truth["phen_nsb_PD1"],
-               "phen_nsb_FoxP3": prod.truth["phen_nsb_FoxP3"]}
+               "phen_nsb_FoxP3": prod.truth["phen_nsb_FoxP3"], "spread_linear": row_spread}
         for name, values in own.items():
             row[f"pct_{name}"] = _pct(x, float(np.percentile(values, 99.5))) - _pct(x, ideal)
         cuts = {"unstained": placed(gate, control, x, skew_stained=non_t),
                 "foxp3_fmo": placed(gate, own["foxp3_fmo"], x, reference_fmo=control, reference_stained=non_t),
-                "treg_stain": placed(gate, own["treg_stain"], x, reference_fmo=control, reference_stained=non_t)}
+                "treg_stain": placed(gate, own["treg_stain"], x, reference_fmo=control, reference_stained=non_t),
+                "spread": placed(gate, spread_control, x, reference_fmo=control, reference_stained=non_t)}
         row.update({f"placed_{name}": _pct(x, cut) - _pct(x, ideal) for name, cut in cuts.items()})
         rows.append(row)
     return rows
