@@ -184,16 +184,15 @@ class CrossGated:
         return None if mask is None else CrossControl(self.file, self.tube, population, self.detector, self.values[mask])
 
 
-def _other_kind_gated(kind: str, role: str, populations: Sequence[str], detector: str, transform: Any,
-                      rows: pd.DataFrame, strategies: Mapping[str, Strategy], study: Study, spillover: Spillover | None,
-                      panel_override: Any, percentile: float) -> CrossGated | None:
-    """The product's (``rows``) first file of tube kind ``kind`` and ``role`` (``fmo``: one whose omitted marker sits
-    on ``detector`` in the kind's stained file; ``stain``: the stained file, whose marker there is stained), read as
-    that kind's files are (acquisition step, compensation, its strategy's transforms) and gated once on its own data
-    down to ``populations`` (those the kind's strategy defines; the union of their gates,
-    :meth:`Strategy.population_gates`), as a :class:`CrossGated`, only where the kind transforms the detector as the
-    gate's marker (``transform``). None without such a file or population, with another transform there, or when it
-    cannot be read or gated."""
+def cross_fmo_gated(kind: str, populations: Sequence[str], detector: str, transform: Any, rows: pd.DataFrame,
+                    strategies: Mapping[str, Strategy], study: Study, spillover: Spillover | None, panel_override: Any,
+                    percentile: float) -> CrossGated | None:
+    """The product's (``rows``) first FMO file of tube kind ``kind`` whose omitted marker sits on ``detector`` in the
+    kind's stained file, read as that kind's files are (acquisition step, compensation, its strategy's transforms)
+    and gated once on its own data down to ``populations`` (those the kind's strategy defines; the union of their
+    gates, :meth:`Strategy.population_gates`), as a :class:`CrossGated`, only where the kind transforms the
+    detector as the gate's marker (``transform``). None without such a file or population, with another transform
+    there, or when it cannot be read or gated (the unstained control then stands in, as before)."""
     from tilpheno.io.fcs import read_fcs, read_fcs_metadata
     from tilpheno.panel import panel_from_fcs, require
 
@@ -207,90 +206,38 @@ def _other_kind_gated(kind: str, role: str, populations: Sequence[str], detector
     try:
         meta = read_fcs_metadata(stained.iloc[0]["file"], checksum=False)
         panel = panel_from_fcs(meta, override=panel_override, tube=kind, study=study, compensating=spillover is not None)
-        on_detector = next((m for m, d in panel.items() if d == detector), None)
-        for row in group[group["role"] == role].itertuples(index=False):
-            marker = _fmo_marker(getattr(row, "fmo_marker", None), study.vocabulary) if role == "fmo" else on_detector
-            if marker is None or panel.get(marker) != detector:
+        for row in group[group["role"] == "fmo"].itertuples(index=False):
+            omitted = _fmo_marker(getattr(row, "fmo_marker", None), study.vocabulary)
+            if omitted is None or panel.get(omitted) != detector:
                 continue
             fcs = read_fcs(row.file)
             acquisition_step(fcs, other.acquisition)
-            detectors = require(panel_from_fcs(fcs, stained=meta if role == "fmo" else None, override=panel_override,
-                                               tube=kind, study=study, compensating=spillover is not None),
-                                other.markers, study.vocabulary)
+            detectors = require(panel_from_fcs(fcs, stained=meta, override=panel_override, tube=kind, study=study,
+                                               compensating=spillover is not None), other.markers, study.vocabulary)
             data, used, applied = _compensated_transformed(fcs, detectors, other, spillover)
-            if used.get(marker) != transform:
+            if used.get(omitted) != transform:
                 continue
             needed = set(other.population_gates(*wanted))
             gated = gate_tube_kind(replace(other, populations=tuple(p for p in other.populations if p.name in needed),
                                            variables=()),
-                                   [TubeData(str(row.file), "", kind, role, marker if role == "fmo" else None, data,
-                                             dict(detectors), used, applied is not None)], percentile, study)[0]
-            return CrossGated(str(row.file), kind, detector, data[marker],
+                                   [TubeData(str(row.file), "", kind, "fmo", omitted, data, dict(detectors), used,
+                                             applied is not None)], percentile, study)[0]
+            return CrossGated(str(row.file), kind, detector, data[omitted],
                               {p: gated.masks[p] for p in wanted if p in gated.masks})
     except (FCSReadError, PanelError, CompensationError, GatingError):
         return None
     return None
 
 
-def cross_fmo_gated(kind: str, populations: Sequence[str], detector: str, transform: Any, rows: pd.DataFrame,
-                    strategies: Mapping[str, Strategy], study: Study, spillover: Spillover | None, panel_override: Any,
-                    percentile: float) -> CrossGated | None:
-    """The product's first FMO file of tube kind ``kind`` whose omitted marker sits on ``detector`` in the kind's
-    stained file, gated down to ``populations`` (:func:`_other_kind_gated`); None without one (the unstained control
-    then stands in, as before)."""
-    return _other_kind_gated(kind, "fmo", populations, detector, transform, rows, strategies, study, spillover,
-                             panel_override, percentile)
-
-
-@dataclass(frozen=True)
-class CrossSpread:
-    """The other stains' spreading into a detector, read on another tube kind's stained file (``file``, kind
-    ``tube``) where that kind's FMO for the detector is missing too (``fmo`` parameters ``cross_fmo`` and
-    ``cross_negatives``): ``spreads``, population -> the added lower-side spread (compensated linear units,
-    ``placement.reference_binding``'s ``spread``) of its events over the kind's lineage-negative ``negatives`` in the
-    same file. Both carry that file's stain on the detector alike (TIL: FoxP3 PE's binding, fixation), which cancels
-    on the negative peak's lower side, while the population's lineage stains (CD3 FITC) spread into it."""
-
-    file: str
-    tube: str
-    negatives: str
-    detector: str
-    spreads: Mapping[str, float]
-
-
-def cross_stain_spread(kind: str, populations: Sequence[str], negatives: str, detector: str, transform: Any,
-                       rows: pd.DataFrame, strategies: Mapping[str, Strategy], study: Study,
-                       spillover: Spillover | None, panel_override: Any, percentile: float) -> CrossSpread | None:
-    """The :class:`CrossSpread` of ``populations`` over ``negatives`` on ``detector`` in the product's stained file of
-    tube kind ``kind`` (:func:`_other_kind_gated`, its marker there transformed as the gate's), each read where both
-    have at least ``placement.MIN_CONTROL_EVENTS`` events and a negative peak; None without such a file or
-    ``negatives``."""
-    gated = _other_kind_gated(kind, "stain", (*populations, negatives), detector, transform, rows, strategies, study,
-                              spillover, panel_override, percentile)
-    if gated is None or negatives not in gated.masks:
-        return None
-    below = gated.values[gated.masks[negatives]]
-    spreads: dict[str, float] = {}
-    for population in populations:
-        mask = gated.masks.get(population)
-        if mask is None or min(int(mask.sum()), below.size) < pl.MIN_CONTROL_EVENTS:
-            continue
-        binding = pl.reference_binding(below, gated.values[mask], transform)
-        if binding is not None:
-            spreads[population] = binding.spread
-    return CrossSpread(gated.file, kind, negatives, detector, spreads)
-
-
-def spread_control(values: np.ndarray, spread: float, transform: Any) -> np.ndarray:
-    """The unstained control's ``values`` (transformed units) as an FMO of the stained tube's lineage stains: event
-    i in compensated linear units plus ``spread`` x the (i mod 32)-th of the 32 fixed normal quantiles
-    (``placement.SIGNAL_QUANTILES``, the additive carry's noise), transformed back: the other stains' spreading,
-    normal and centred, which an unstained tube lacks. One offset per event (deterministic; the events' order is
-    their acquisition's), so the sample keeps the control's size and the gate's resampled intervals their width
-    (each event with all 32 offsets would make 32 alike copies of it)."""
-    linear = transform.inverse(np.asarray(values, dtype=np.float64))
-    offsets = pl.SIGNAL_QUANTILES[np.arange(linear.size) % pl.SIGNAL_QUANTILES.size]
-    return transform.apply(linear + spread * offsets)
+def cross_fmo_control(spec: str, detector: str, transform: Any, rows: pd.DataFrame, strategies: Mapping[str, Strategy],
+                      study: Study, spillover: Spillover | None, panel_override: Any, percentile: float,
+                      ) -> CrossControl | None:
+    """The :class:`CrossControl` that ``spec`` (``<tube kind>:<population>``) names for a gate on ``detector``
+    (:func:`cross_fmo_gated` for that one population); None as there."""
+    kind, _, population = spec.partition(":")
+    gated = cross_fmo_gated(kind, (population,), detector, transform, rows, strategies, study, spillover,
+                            panel_override, percentile)
+    return None if gated is None else gated.control(population)
 
 
 @dataclass
@@ -1162,15 +1109,11 @@ class _TubeKindRun:
     def __init__(self, strategy: Strategy, sources: Sequence[_Source], load, percentile: float, keep_loaded: bool,
                  vocabulary: Vocabulary | None = None, qc: QCRules | None = None, settle=None,
                  control: Callable[[], TubeData | None] | None = None, plot_events: int | None = None,
-                 cross: Callable[[str, str, Any], CrossControl | None] | None = None,
-                 spread: Callable[[str, str, str, Any], tuple[CrossSpread, float] | None] | None = None):
+                 cross: Callable[[str, str, Any], CrossControl | None] | None = None):
         self.strategy, self.sources, self.load = strategy, list(sources), load
         self.control = control   # the product's unstained control (loaded on first call), for one-population cuts
         # (cross_fmo spec, detector, transform) -> another tube kind's FMO standing in for a missing one (cross_fmo_control)
         self.cross = cross
-        # (cross_fmo spec, cross_negatives, detector, transform) -> without that FMO too, the other kind's stained
-        # file's spreading of the spec's population over its lineage negatives (cross_stain_spread), and its value
-        self.spread = spread
         self.percentile, self.keep_loaded, self.settle = percentile, keep_loaded, settle
         self.settled: set[int] = set()
         self.slim: dict[int, int] = {}   # control file -> bytes of the columns it keeps (loaded, not released)
@@ -1332,8 +1275,6 @@ class _TubeKindRun:
         skew_reference = params.pop("skew_reference", None)
         params.pop("outside_cells", None)   # read by _on_unstained's outside check
         params.pop("cross_fmo", None)   # read by _on_unstained
-        params.pop("cross_spread", None)   # read by _on_unstained
-        params.pop("cross_negatives", None)
         anchor = {key: params.pop(key) for key in pl.ANCHOR_PARAMS if key in params}
         # the control: the last FMO file of the marker that loads (as a dict keyed by marker would
         # keep), or with control: unstained the product's unstained control
@@ -1481,9 +1422,6 @@ class _TubeKindRun:
         cross = self._cross_control(pop, stained)
         if cross is not None and reference:
             return self._on_cross(k, pop, stained, rule, missing, cross, control, values)
-        spreading = self._cross_spread(pop, stained) if reference else None
-        if spreading is not None:
-            return self._on_spread(k, pop, stained, rule, missing, spreading, control, values)
         # the binding tail the control lacks, read on the reference's stained events (checks.place_and_check)
         skew_stained = stained.tube.data[marker][stained.masks[reference]] if reference else None
         # a reference_carry: quantile gate keeps its reference, the control standing in for the FMO of both the parent
@@ -1541,47 +1479,6 @@ class _TubeKindRun:
             return None
         cross = self.cross(str(spec), stained.tube.detectors[marker], stained.tube.transforms.get(marker))
         return cross if cross is not None and cross.values.size >= pl.MIN_CONTROL_EVENTS else None
-
-    def _cross_spread(self, pop: Population, stained: _Gated) -> tuple[CrossSpread, float] | None:
-        """Where ``pop`` names ``cross_spread`` and ``cross_negatives`` (its ``cross_fmo`` missing too, or none), the
-        other tube kind's stained file's spreading into the marker's detector in the ``cross_spread`` population
-        (:func:`cross_stain_spread`) and its value (linear units); else None."""
-        spec, negatives, marker = pop.params.get("cross_spread"), pop.params.get("cross_negatives"), pop.dims[0]
-        if not spec or not negatives or self.spread is None or marker not in stained.tube.detectors:
-            return None
-        return self.spread(str(spec), str(negatives), stained.tube.detectors[marker], stained.tube.transforms.get(marker))
-
-    def _on_spread(self, k: int, pop: Population, stained: _Gated,
-                   rule: tuple[dict[str, Any], dict[str, Any], float, int, str | None], missing: pl.Flag,
-                   spreading: tuple[CrossSpread, float], control: TubeData, control_values: np.ndarray,
-                   ) -> tuple[pl.Placement, str, tuple[str, ...], tuple[str, ...]]:
-        """Without its FMO and without the other tube kind's FMO that ``cross_fmo`` names, ``pop``'s threshold
-        anchored on the unstained control's events (``control_values``) spread by the other stains' spreading read
-        on that kind's stained file (``spreading``: :func:`cross_stain_spread`, :func:`spread_control`) as the
-        parent's FMO, and on the control itself as the ``skew_reference``'s FMO (the marker antibody's binding read
-        there and carried over, as :meth:`_on_cross`): the with-FMO rule with the unstained control given the T
-        cells' spreading it lacks (TIL PD1 without the PD1 and FoxP3 FMOs: CD3 FITC into PE, read on the Treg stain
-        tube's CD3+ cells over its CD3- ones; stop 62). Flagged ``missing`` and ``fallback_gate`` naming both files."""
-        marker, reference = pop.dims[0], str(rule[4])
-        read, spread = spreading
-        values = spread_control(control_values, spread, control.transforms[marker])
-        placement, held, control_held, _, _ = self._anchored(k, pop, values, control_values, control,
-                                                             undetermined_gates(stained.diagnostics), rule,
-                                                             "unstained control")
-        d = placement.diagnostics
-        d["cross_spread"] = spread
-        population = str(pop.params["cross_spread"]).partition(":")[2]
-        flag = pl.Flag(
-            "fallback_gate", "warning",
-            f"{pop.name} ({marker}): threshold {d['threshold']:.4g} anchored on the unstained control "
-            f"{Path(control.file).name} spread by the other stains' spreading into {read.detector} "
-            f"({spread:.0f} linear units: {population} over {read.negatives} of the {read.tube} stain "
-            f"{Path(read.file).name}, lower sides; {d.get('winner', placement.method)}) instead of the {marker} FMO "
-            f"(the {read.tube} FMO missing too), with the {marker} antibody's binding read on {reference} against "
-            f"the unstained control: it assumes {pop.parent}'s spreading in {read.detector} as {population}'s of the "
-            f"{read.tube} tube, which only the {marker} FMO checks")
-        return (pl.Placement(placement.gate, f"fallback_{placement.method}", d, placement.flags + (missing, flag)),
-                control.file, held, control_held)
 
     def _on_cross(self, k: int, pop: Population, stained: _Gated,
                   rule: tuple[dict[str, Any], dict[str, Any], float, int, str | None], missing: pl.Flag,
@@ -2405,25 +2302,9 @@ def analyze_product(
             gated = crossed[(kind, detector)]
             return None if gated is None else gated.control(population)
 
-        spreads: dict[tuple[str, str, str], CrossSpread | None] = {}
-        spreading = [str(p.params["cross_spread"]).partition(":") for p in strategy.populations
-                     if p.params.get("cross_spread")]
-
-        def spread(spec: str, negatives: str, detector: str, transform: Any,
-                   spreading=spreading) -> tuple[CrossSpread, float] | None:
-            """Without the other tube kind's FMO too (``cross_spread``, ``cross_negatives``), that kind's stained file
-            read and gated once per kind, negatives and detector (:func:`cross_stain_spread`), and the spec's spread."""
-            kind, _, population = spec.partition(":")
-            if (kind, negatives, detector) not in spreads:
-                spreads[(kind, negatives, detector)] = cross_stain_spread(
-                    kind, [p for k, _, p in spreading if k == kind], negatives, detector, transform, rows, strategy_map,
-                    study, spill, panel_override, fmo_percentile)
-            read = spreads[(kind, negatives, detector)]
-            return None if read is None or population not in read.spreads else (read, read.spreads[population])
-
         run = _TubeKindRun(strategy, sources, load, fmo_percentile, keep_loaded=plot_events is None,
                            vocabulary=study.vocabulary, qc=study.qc, settle=settle, control=control,
-                           plot_events=plot_events, cross=cross, spread=spread)
+                           plot_events=plot_events, cross=cross)
         run.resolve()
         made: dict[int, TubeResult] = {}
         variables: dict[int, tuple[dict, _StainedSummary]] = {}

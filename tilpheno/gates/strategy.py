@@ -50,12 +50,6 @@ fmo            1     percentile (the run's fmo_percentile, 99.5), min_events 200
                      that kind's FMO omitting the stain on the gate's detector, read in
                      that population, stands in for it (phenotype.cross_fmo_control), the
                      unstained control for the skew_reference's FMO (TIL PD1: treg);
-                     cross_spread (none): ``<tube kind>:<population>``, with cross_negatives
-                     (none), a population of that kind, its lineage-negative cells: without
-                     the cross_fmo FMO too, the unstained control spread by the population's
-                     added lower-side spread over them in that kind's stained file stands in
-                     (phenotype.cross_stain_spread; TIL PD1: the Treg tube's T cells of the
-                     parent's lineage over its non_T);
                      outside_cells any|negative (any): what the parent's cells outside
                      skew_reference are for the marker; negative (left out of the reference for
                      the spillover of other stains, e.g. CD56's CD8+ T cells): a cut anchored on
@@ -188,8 +182,6 @@ METHODS: dict[str, tuple[int | None, dict[str, ParamSpec]]] = {
         "control": ParamSpec(str, "fmo", choices=("fmo", "unstained")),
         "outside_cells": ParamSpec(str, "any", choices=("any", "negative")),
         "cross_fmo": ParamSpec(str, None),
-        "cross_spread": ParamSpec(str, None),
-        "cross_negatives": ParamSpec(str, None),
     }),
     "fixed": (None, {"gate": ParamSpec(dict)}),
 }
