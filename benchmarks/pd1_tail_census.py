@@ -135,7 +135,10 @@ def mechanism(row: pd.Series) -> str:
     binding would miss too): ``sampling`` within :data:`SAMPLING_SDS` SDs of the FMO's and the yardstick's sampling
     (sqrt(``sd_fmo``^2 + ``sd_ref``^2)), else ``FMO vs stained`` (the FMO parent's and the stained parent's
     negatives differ by more than the added signal the oracle knows). Else the carry's, by the side its cut lies
-    on: ``carry over-reach`` (cut too high, under-call) or ``carry under-reach`` (cut too low, over-call)."""
+    on: ``carry over-reach`` (cut too high, under-call) or ``carry under-reach`` (cut too low, over-call).
+    On simulated products ``FMO vs stained`` has so far been sampling too: the bootstrap SDs, read on one capture,
+    were low on those gates, and replicates of the product (``fmo_oracle_replicates.py``) put the oracle's miss
+    within 1.8-2.8 replicate SDs, their mean within 0.22 point of 0 (stop 62, benchmarks/README.md)."""
     if abs(row["oracle_error"]) >= abs(row["carry_error"]):
         noise = float(np.hypot(row["sd_fmo"], row["sd_ref"]))
         return "sampling" if abs(row["oracle_error"]) <= SAMPLING_SDS * noise else "FMO vs stained"
