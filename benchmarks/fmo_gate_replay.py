@@ -32,6 +32,7 @@ import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -84,6 +85,16 @@ def capture_one(args) -> int:
         pickle.dump(dict(seed=seed, calls=calls, truth=dict(prod.truth), phenotype=dict(result.phenotype),
                          review=review), fh)
     return seed
+
+
+def captures(pattern: str) -> Iterator[tuple[str, dict]]:
+    """``(path, record)`` for every file :func:`capture_one` wrote that matches the glob ``pattern``, in path
+    order: the reader of this script's captures, for ``replay`` and the scripts that read them
+    (``pd1_tail_census.py``, ``pd1_carry_weight.py``, ``pd1_reference_noise.py``)."""
+    for path in sorted(glob.glob(pattern)):
+        with open(path, "rb") as fh:
+            record = pickle.load(fh)
+        yield path, record
 
 
 def _pct(values: np.ndarray, cut: float) -> float:
@@ -177,12 +188,11 @@ def main(argv=None) -> None:
         print(f"captured {len(work)} products in {args.out}")
         return
     rows = []
-    for path in sorted(glob.glob(args.pattern)):
-        with open(path, "rb") as fh:
-            try:
-                rows.append(replay_one(pickle.load(fh)))
-            except ValueError as exc:
-                sys.exit(f"{path}: {exc}")
+    for path, record in captures(args.pattern):
+        try:
+            rows.append(replay_one(record))
+        except ValueError as exc:
+            sys.exit(f"{path}: {exc}")
     table = pd.DataFrame(rows).set_index("product_id")
     if args.csv:
         table.to_csv(args.csv)

@@ -29,8 +29,6 @@ with the reads and the truth. Development seeds only (see ``validate_gating.py``
 from __future__ import annotations
 
 import argparse
-import glob
-import pickle
 import sys
 from pathlib import Path
 
@@ -38,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fmo_gate_replay as fr  # noqa: E402
 import validate_gating as vg  # noqa: E402
 
 IDEAL = {"PD1+": "ref_pd1_threshold", "CD8+PD1+": "ref_cd8pd1_threshold", "CD4+PD1+": "ref_cd4pd1_threshold"}
@@ -145,9 +144,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="as given to the capture (the simulated truth's binding)")
     args = parser.parse_args(argv)
     rows = []
-    for path in sorted(glob.glob(args.pattern)):
-        with open(path, "rb") as fh:
-            rows += gate_rows(pickle.load(fh), tuple(args.sets))
+    for _, record in fr.captures(args.pattern):
+        rows += gate_rows(record, tuple(args.sets))
     table = pd.DataFrame(rows)
     if args.csv:
         table.to_csv(args.csv, index=False)

@@ -27,13 +27,12 @@ Development seeds only (``validate_gating.py`` lists the seeds already used).
 from __future__ import annotations
 
 import argparse
-import glob
-import pickle
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
+from fmo_gate_replay import captures
 from reference_noise import pd1_parents, pd1_values
 from tilpheno.gates import checks
 from tilpheno.simulate.cohort import SimulatedProduct, simulate_product
@@ -147,9 +146,7 @@ def main(argv=None) -> None:
     parser.add_argument("--csv", help="write one row per product and variable here")
     args = parser.parse_args(argv)
     rows = []
-    for path in sorted(glob.glob(args.pattern)):
-        with open(path, "rb") as fh:
-            record = pickle.load(fh)
+    for _, record in captures(args.pattern):
         errors = [record["phenotype"][v] - record["truth"]["ref_" + v] for v in VARIABLES]
         if max(abs(e) for e in errors) > args.beyond:
             rows += [asdict(s) for s in split_product(record, args.reps, args.events, args.noise_reps)]

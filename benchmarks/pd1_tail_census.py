@@ -31,8 +31,6 @@ variable, and every variable beyond ``--tail`` (1.0) points with its class (:fun
 from __future__ import annotations
 
 import argparse
-import glob
-import pickle
 import sys
 from pathlib import Path
 
@@ -154,9 +152,7 @@ def main(argv=None) -> None:
                         help="the --set the capture was made with (repeatable)")
     args = parser.parse_args(argv)
     rows = []
-    for path in sorted(glob.glob(args.pattern)):
-        with open(path, "rb") as fh:
-            record = pickle.load(fh)
+    for _, record in fr.captures(args.pattern):
         seed = record["seed"]
         rows += gate_rows(record, vg.drawn_phenomena(seed, tuple(args.sets)))
     table = pd.DataFrame(rows)
