@@ -1112,7 +1112,8 @@ class _TubeKindRun:
                  cross: Callable[[str, str, Any], CrossControl | None] | None = None):
         self.strategy, self.sources, self.load = strategy, list(sources), load
         self.control = control   # the product's unstained control (loaded on first call), for one-population cuts
-        # (cross_fmo spec, detector, transform) -> another tube kind's FMO standing in for a missing one (cross_fmo_control)
+        # (cross_fmo spec, detector, transform) -> another tube kind's FMO standing in for a missing one (analyze_product's
+        # cross: cross_fmo_gated once per tube kind and detector, each gate's CrossControl carved from it)
         self.cross = cross
         self.percentile, self.keep_loaded, self.settle = percentile, keep_loaded, settle
         self.settled: set[int] = set()
@@ -1472,8 +1473,9 @@ class _TubeKindRun:
                 control.file, held, control_held)
 
     def _cross_control(self, pop: Population, stained: _Gated) -> CrossControl | None:
-        """The other tube kind's FMO that ``pop``'s ``cross_fmo`` names (:func:`cross_fmo_control`), on the stained
-        file's detector of the marker, with at least ``MIN_CONTROL_EVENTS`` events there; else None."""
+        """The other tube kind's FMO that ``pop``'s ``cross_fmo`` names (``self.cross``: :func:`cross_fmo_gated`'s
+        reading, :meth:`CrossGated.control`), on the stained file's detector of the marker, with at least
+        ``MIN_CONTROL_EVENTS`` events there; else None."""
         spec, marker = pop.params.get("cross_fmo"), pop.dims[0]
         if not spec or self.cross is None or marker not in stained.tube.detectors:
             return None
