@@ -1458,6 +1458,11 @@ class _TubeKindRun:
                f"(skew {d['skew_extra']:.0f} linear units, stained {reference} vs the unstained control)"
                + ("" if held else f", {d['skew_points']:.1f} points of the parent fewer called positive")
                if d.get("winner") == "skew_carry" and "skew_lowered_points" not in d else "")
+            + (f"; the carry took the {marker} shift of {reference} ({d['skew_reference_shift']:.0f} linear units, 0 at "
+               f"least) for the parent's own ({d['skew_own_shift']:.0f}, its broad negative peak read below it: binding "
+               f"adds to every cell and spreading nothing on average), its lower-side spread read there; look at the "
+               f"{marker} histogram of {pop.parent}, stained vs the control"
+               if d.get("winner") == "skew_carry" and "skew_reference_shift" in d else "")
             + (f"; the cut was lowered from {d['skew_raised_from']:.4g} to the carry-over on the {marker} shift of "
                f"{reference} ({d['skew_shift']:.0f} linear units; the parent's own {d['skew_parent_shift']:.0f}, pulled up "
                f"by its dim positives)"

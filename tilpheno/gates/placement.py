@@ -1779,6 +1779,9 @@ class ReferenceBinding:
     """The FMO's lower-half negative width, transformed units."""
     width_ratio: float = float("nan")
     """Stained / FMO lower-side width of the negative peak, linear units."""
+    raised_from: float = float("nan")
+    """The parent's own shift, linear units, where :func:`skew_carry_binding` raised it to the reference's (floored
+    at 0: :func:`shift_raised_to_reference`), else NaN."""
 
     @property
     def total_spread(self) -> float:
@@ -1905,6 +1908,19 @@ def reference_shift_carried(parent: ReferenceBinding, binding: ReferenceBinding)
     return bool(binding.shift < parent.shift and binding.skew <= parent.spread)
 
 
+def shift_raised_to_reference(parent: ReferenceBinding, binding: ReferenceBinding) -> bool:
+    """The skew carry raises the parent's shift (``parent.shift``, read against the unstained control, linear units)
+    to the ``skew_reference``'s (``binding.shift``) floored at 0, where the parent's lies below that. Nonspecific
+    binding adds to every cell of the tube alike and spreading adds no signal on average, so the parent's negatives
+    lie at least as high as the marker-poor reference's and no lower than the control's; a parent's mode read below
+    them is its broad negative peak (the T cells' stains spread into the marker's detector: width 3-4x the
+    control's) read low, and the carry moved the control's percentile down with it (CD4+PD1+ +3.4 and +4.6 points over
+    the ideal-FMO reference on development products V211034 and V211006: shifts -76 and -32 linear units, non_T's
+    +7 and +32; class A of stops 60 and 62, benchmarks/README.md). Its lower-side spread is then read around the
+    raised shift (:func:`lower_spread_at`): below the low mode it misses the peak's lower flank."""
+    return bool(parent.shift < max(binding.shift, 0.0))
+
+
 def skew_carry_binding(control: np.ndarray, stained: np.ndarray, binding: ReferenceBinding, transform: Any, *,
                        max_shift: float = MAX_SHIFT, on_reference: bool | None = None) -> ReferenceBinding | None:
     """The signal :func:`skew_carried_cut` adds to the unstained ``control``'s events: the ``stained`` parent's own
@@ -1913,10 +1929,18 @@ def skew_carry_binding(control: np.ndarray, stained: np.ndarray, binding: Refere
     skew (``binding.skew``, read on its stained events vs the same control) as its skew, linear units
     (:attr:`ReferenceBinding.total_spread` the carry's SD; ``mode_shift`` the parent's own shift, linear units, where
     the reference's replaced it, else NaN); None when the parent's binding cannot be read. ``on_reference``: that
-    choice made already (on all events, kept on a bootstrap resample: :func:`skew_cut_error`), None to make it here."""
+    choice made already (on all events, kept on a bootstrap resample: :func:`skew_cut_error`), None to make it here.
+    Where the parent's shift lies below the reference's, or below 0 (:func:`shift_raised_to_reference`), the carry
+    takes the reference's shift floored at 0 and the parent's lower-side spread read around it
+    (:func:`lower_spread_at`), ``raised_from`` the parent's own shift (decided on every call, a resample's too)."""
     parent = reference_binding(control, stained, transform, max_shift=max_shift)
     if parent is None:
         return None
+    if shift_raised_to_reference(parent, binding):
+        shift = max(binding.shift, 0.0)
+        spread = lower_spread_at(control, stained, transform, shift)
+        return ReferenceBinding(shift, spread if math.isfinite(spread) else parent.spread, binding.skew,
+                                raised_from=parent.shift)
     if reference_shift_carried(parent, binding) if on_reference is None else on_reference:
         return ReferenceBinding(binding.shift, parent.spread, binding.skew, mode_shift=parent.shift)
     return ReferenceBinding(parent.shift, parent.spread, binding.skew)
@@ -2375,7 +2399,9 @@ def place_fmo_anchored(
     (:func:`reference_shift_carried`: ``skew_shift`` and ``skew_parent_shift`` recorded, linear units) it also
     replaces a lower ``fmo_relative`` cut, the parent's own carry-over read on the shift its dim positives pull up
     (not a valley): ``winner`` ``skew_carry``, ``skew_raised_from`` the cut it replaced, ``skew_lowered_points`` the %
-    of the stained parent between the two.
+    of the stained parent between the two. Where the parent's shift lies below the reference's or below 0, the carry
+    takes the reference's shift floored at 0 instead, with the parent's lower-side spread read around it
+    (:func:`shift_raised_to_reference`: ``skew_reference_shift`` and ``skew_own_shift`` recorded, linear units).
     ``outside_values`` (the same fallback, where the strategy states the parent's cells outside the
     ``skew_reference`` marker-negative, ``outside_cells: negative``: those cells' stained events): the control lacks
     the spillover other stains put into them (CD56: CD8's tandem into the CD8+ T cells), and no valley or carry-over
@@ -2542,6 +2568,8 @@ def place_fmo_anchored(
         if on_reference:
             assert carry is not None
             diagnostics.update(skew_shift=carry.shift, skew_parent_shift=carry.mode_shift)
+        if carry is not None and math.isfinite(carry.raised_from):   # the parent's shift raised to the reference's
+            diagnostics.update(skew_reference_shift=carry.shift, skew_own_shift=carry.raised_from)
         if raised or lowered:
             diagnostics["skew_raised_from"] = float(cut)
             if lowered:
