@@ -97,9 +97,22 @@ def _coefficients(t: float, w: float, m: float, a: float) -> _LogicleCoefficient
     return _LogicleCoefficients(a=aa, b=b, c=c_a * aa, d=d, f=-mf_a * aa, x1=x1)
 
 
-def _biexponential(y: np.ndarray, k: _LogicleCoefficients) -> np.ndarray:
-    """B(y) for y >= x1 (the branch used on the non-negative half)."""
-    return k.a * np.exp(k.b * y) - k.c * np.exp(-k.d * y) + k.f
+def _biexponential(y: np.ndarray, k: _LogicleCoefficients, *, overwrite: bool = False) -> np.ndarray:
+    """B(y) for y >= x1 (the branch used on the non-negative half), linear units: a float64 array of
+    ``y``'s shape; ``overwrite``: ``y`` (float64, the caller's temporary) may be written over and is
+    then the second term's array, else it is left as it is. Each term's steps in place: the same
+    operations in the same order as ``a * exp(b * y) - c * exp(-d * y) + f`` written out (a product
+    of two numbers is the same either way round), so the same bits, without that expression's six
+    full-size temporaries (memory traffic, which slows a worker most when another runs beside it)."""
+    grow = np.multiply(y, k.b, out=np.empty_like(y, dtype=np.float64))
+    np.exp(grow, out=grow)
+    grow *= k.a
+    decay = np.multiply(y, -k.d, out=y if overwrite else np.empty_like(y, dtype=np.float64))
+    np.exp(decay, out=decay)
+    decay *= k.c
+    grow -= decay
+    grow += k.f
+    return grow
 
 
 @lru_cache(maxsize=64)
@@ -225,9 +238,10 @@ class Logicle:
         y = np.asarray(y, dtype=np.float64)
         k = _coefficients(self.t, self.w, self.m, self.a)
         reflected = y < k.x1
-        mirror = np.where(reflected, 2.0 * k.x1 - y, y)
-        x = _biexponential(mirror, k)
-        return np.where(reflected, -x, x)
+        mirror = np.subtract(2.0 * k.x1, y, out=np.empty_like(y))   # below x1: reflected about it, as
+        np.copyto(mirror, y, where=np.logical_not(reflected))   # np.where(reflected, 2 x1 - y, y)
+        x = _biexponential(mirror, k, overwrite=True)
+        return np.negative(x, out=x, where=reflected)   # logicle(-x) = 2 logicle(0) - logicle(x)
 
     def to_dict(self) -> dict:
         return asdict(self)
