@@ -228,6 +228,9 @@ class PolygonGate:
         py = _column(data, self.dims[1], "polygon")
         verts = np.asarray(self.vertices)
         inside = np.zeros(px.shape, dtype=bool)
+        # per-event buffers made by the first edge and written again by the others: no full-size
+        # temporaries edge after edge (memory traffic); each value as the plain expressions give it
+        cross = lever = crossing = test = None
         for (ax, ay), (bx, by) in zip(verts, np.roll(verts, -1, axis=0)):
             # An edge counts for an upward crossing (ay <= py < by, point strictly left of a->b,
             # cross > 0) or a downward one (by <= py < ay, cross < 0); at most one of the two
@@ -235,11 +238,22 @@ class PolygonGate:
             # one is evaluated (the same membership as evaluating both).
             if not ay < by and not by < ay:
                 continue  # horizontal (or NaN) edge: both ranges empty
-            cross = (bx - ax) * (py - ay) - (px - ax) * (by - ay)
-            if ay < by:
-                crossing = (ay <= py) & (py < by) & (cross > 0)
-            else:
-                crossing = (by <= py) & (py < ay) & (cross < 0)
+            # cross = (bx - ax) * (py - ay) - (px - ax) * (by - ay)
+            cross = np.subtract(py, ay, out=cross)
+            cross *= bx - ax
+            lever = np.subtract(px, ax, out=lever)
+            lever *= by - ay
+            cross -= lever
+            if ay < by:   # (ay <= py) & (py < by) & (cross > 0)
+                crossing = np.greater_equal(py, ay, out=crossing)
+                test = np.less(py, by, out=test)
+                crossing &= test
+                crossing &= np.greater(cross, 0, out=test)
+            else:         # (by <= py) & (py < ay) & (cross < 0)
+                crossing = np.greater_equal(py, by, out=crossing)
+                test = np.less(py, ay, out=test)
+                crossing &= test
+                crossing &= np.less(cross, 0, out=test)
             inside ^= crossing
         return inside
 
