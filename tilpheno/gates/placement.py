@@ -1029,8 +1029,13 @@ class NegativePeak:
 def _lower_half_width(x: np.ndarray, mode: float, reach: float) -> float:
     """RMS distance below ``mode`` of the events within ``reach`` below it (the lower half of a
     negative peak holds no positive cells and no nonspecific-binding tail)."""
-    below = x[(x <= mode) & (x >= mode - reach)] - mode
-    return float(np.sqrt(np.mean(below**2))) if below.size >= 10 else float("nan")
+    kept = x <= mode
+    low = mode - reach
+    if low != -np.inf:   # x >= -inf holds for every x the first comparison keeps (NaN fails it)
+        kept &= x >= low
+    below = x[kept] - mode
+    np.multiply(below, below, out=below)   # below**2, in place
+    return float(np.sqrt(np.mean(below))) if below.size >= 10 else float("nan")
 
 
 UPPER_LEVEL = 0.7
