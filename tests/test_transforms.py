@@ -109,8 +109,8 @@ def _closed_form_inverse(lg: Logicle, y: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("t,w,m,a", [(262144, 0.5, 4.5, 0), (10000, 1.0, 4.5, 0.5), (262144, 0.0, 4.5, 0)])
 def test_logicle_inverse_is_its_formula_bit_for_bit_and_leaves_its_input(t, w, m, a):
-    """``inverse`` works in place (fewer temporaries): the same bits as the formula written out, NaN and
-    infinities included, a 0-d input too; its input unchanged."""
+    """``inverse`` forms the biexponential in place (fewer temporaries): the same bits as the formula written
+    out, NaN and infinities included, a 0-d input too; its input unchanged."""
     lg = Logicle(t=t, w=w, m=m, a=a)
     y = np.concatenate([lg.apply(FULL_RANGE), [np.nan, np.inf, -np.inf, 0.0, -0.0]])
     before = y.copy()
@@ -120,10 +120,11 @@ def test_logicle_inverse_is_its_formula_bit_for_bit_and_leaves_its_input(t, w, m
     assert one.shape == () and one.tobytes() == _closed_form_inverse(lg, np.asarray(0.1)).tobytes()
 
 
-def test_logicle_inverse_holds_little_more_than_its_result_and_one_array_at_once():
+def test_logicle_inverse_holds_at_most_three_arrays_of_its_input_at_once():
     """Memory traffic: ``inverse`` of 10^6 values holds at its peak (tracemalloc: NumPy's allocations) at most
-    2.5x the input's bytes: its result, the mirrored argument (made the second exponential's array) and two
-    masks, 2.125x. The formula's six full-size temporaries held 4.125x (main before stop 63)."""
+    3.25x the input's bytes: the biexponential's value, its negation and the selection of the two, and the mask
+    (3.125x); the mirrored argument is made the second exponential's array. The formula's six full-size
+    temporaries held 4.125x (main before stop 63)."""
     import tracemalloc
 
     lg = Logicle()
@@ -137,4 +138,4 @@ def test_logicle_inverse_holds_little_more_than_its_result_and_one_array_at_once
     finally:
         tracemalloc.stop()
     assert result.nbytes == y.nbytes
-    assert peak <= 2.5 * y.nbytes, peak / y.nbytes
+    assert peak <= 3.25 * y.nbytes, peak / y.nbytes
