@@ -9,6 +9,7 @@
     .venv/bin/python benchmarks/bench_scale.py parallel --cohort /tmp/b12
     .venv/bin/python benchmarks/bench_scale.py timeline --cohort /tmp/scale_b4 --jobs 2
     .venv/bin/python benchmarks/bench_scale.py contention --cohort /tmp/scale_b4 --rounds 3
+    .venv/bin/python benchmarks/bench_scale.py stages --cohort /tmp/scale_b4 --rounds 3
     .venv/bin/python benchmarks/bench_scale.py capacity --cohort /tmp/scale_b4 --rounds 3
     .venv/bin/python benchmarks/bench_scale.py scan --cohort /tmp/b12 --files 10000
     .venv/bin/python benchmarks/bench_scale.py all --make-cohort /tmp/scale_b4 --baseline-commit b929823
@@ -88,6 +89,18 @@ between runs of one invocation.
   (``np.empty`` + ``fill``, mapped and zeroed by the kernel each time) and 10 times into memory it
   already has, alone and two at once: system CPU per GB of fresh pages against user CPU per GB of
   plain writes.
+- stages: where a product's CPU inflates when another process runs beside it, stage by stage. Each round
+  runs the cohort (``--jobs 1``, each product ``--product-repeat`` times in the process) alone, then two
+  identical runs at once; every product run but each process's first (its fresh pages) is sampled every 2 ms
+  of the process's CPU (``ITIMER_PROF``): CPU seconds and minor faults since the last sample go to the
+  innermost tilpheno frame's module (:data:`STAGE_MODULES`: read, acquisition QC, compensate, transform, gate
+  placement, membership, checks, measure, report, SHA-256). Printed: CPU ms per product of each stage alone
+  and beside (medians over the runs), their ratio, each stage's share of the product's difference, and the
+  product's CPU alone and beside (the inflation factor) with its minor faults. On a machine other sessions
+  load, "alone" is beside them too: only a quiet machine separates the two. A sample is taken when CPython
+  next checks for signals (a call, a loop's jump back), so a long NumPy call's time can go to the frame
+  entered next: read a stage's figure to some ms, a function's not at all (stop 63 timed functions by
+  alternating implementations call by call within one run instead).
 """
 from __future__ import annotations
 
@@ -815,6 +828,146 @@ def contention(args) -> None:
     print("\n".join(lines))
 
 
+STAGES_RESULT = "TILPHENO_BENCH_STAGES"   # environment variable: where a sampled run writes its stages (JSON)
+STAGES_REPEAT = "TILPHENO_BENCH_STAGES_REPEAT"   # environment variable: how many times a sampled run runs each product
+STAGE_MODULES = (("io/fcs.py:hexdigest", "SHA-256 of the files"), ("io/", "read"), ("acquisition.py", "acquisition QC"),
+                 ("compensation.py", "compensate"), ("spillover.py", "residual spillover check"),
+                 ("transforms.py", "transform (and inverse)"), ("gates/geometry.py", "gate membership"),
+                 ("gates/checks.py", "gate checks"), ("gates/", "gate placement"), ("quantiles.py", "gate placement"),
+                 ("report/", "report"), ("phenotype.py", "measure (masks, counts, medians, tables)"),
+                 ("", "other (pipeline, libraries' own Python)"))
+"""``stages``: the stage of a CPU sample, by the innermost tilpheno frame's module (and function), first match."""
+
+
+def stage_of(where: str) -> str:
+    """The stage (:data:`STAGE_MODULES`) of ``module path:function`` inside the package (``gates/placement.py:loss``)."""
+    return next(name for prefix, name in STAGE_MODULES if where.startswith(prefix))
+
+
+def _innermost_tilpheno(frame) -> str:
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if "/tilpheno/" in name:
+            return name.rsplit("/tilpheno/", 1)[1] + ":" + frame.f_code.co_name
+        frame = frame.f_back
+    return ""
+
+
+def sampled_cli(argv: list[str]) -> None:
+    """``tilpheno`` + ``argv`` (a ``--jobs 1`` run) in this process, each product run ``$TILPHENO_BENCH_STAGES_REPEAT``
+    times (its last outcome kept), every product run but the process's first (its fresh pages) sampled: every 2 ms
+    of the process's CPU (``ITIMER_PROF``) the CPU seconds (``process_time``) and minor faults since the last sample
+    go to the innermost tilpheno frame's module and function. Writes ``{"stages": {where: [s, faults]},
+    "products": [[CPU s, minor faults], ...]}`` (JSON) to ``$TILPHENO_BENCH_STAGES`` (``stages``)."""
+    import resource
+    import signal
+    from collections import defaultdict
+
+    import tilpheno.pipeline.executors as executors
+    from tilpheno.pipeline.product import process_product
+
+    spent: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    products: list[list[float]] = []
+    last = {"on": False, "cpu": 0.0, "faults": 0}
+
+    def sample(signum, frame) -> None:
+        if last["on"]:
+            cpu, faults = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            where = spent[_innermost_tilpheno(frame)]
+            where[0] += cpu - last["cpu"]
+            where[1] += faults - last["faults"]
+            last["cpu"], last["faults"] = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    def sampled_run_product(job):
+        outcome = None
+        for _ in range(int(os.environ[STAGES_REPEAT])):
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            last.update(on=bool(products), cpu=time.process_time(), faults=before.ru_minflt)
+            outcome = process_product(job)
+            sample(None, sys._getframe())   # the product's end since the last sample
+            last["on"] = False
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            products.append([after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+                             after.ru_minflt - before.ru_minflt])
+        return outcome
+
+    executors.run_product = sampled_run_product
+    signal.signal(signal.SIGPROF, sample)
+    signal.setitimer(signal.ITIMER_PROF, 0.002, 0.002)
+    _run_cli(argv)
+    signal.setitimer(signal.ITIMER_PROF, 0, 0)
+    Path(os.environ[STAGES_RESULT]).write_text(json.dumps({"stages": spent, "products": products}))
+
+
+def _sampled_process(tree: Path, cohort: Path, work: Path, tag: str, repeat: int) -> tuple[subprocess.Popen, Path]:
+    result = work / f"{tag}.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(HERE)]), STAGES_RESULT: str(result),
+           STAGES_REPEAT: str(repeat)}
+    argv = ["process", str(cohort), "-o", str(work / tag), "--manifest", str(cohort / "manifest.csv"), "--no-cache"]
+    return subprocess.Popen([sys.executable, "-c", f"import bench_scale; bench_scale.sampled_cli({argv!r})"],
+                            env=env, stdout=subprocess.DEVNULL, cwd=str(tree)), result
+
+
+def per_product(run: dict) -> dict[str, float]:
+    """A sampled run's CPU seconds per sampled product run by stage (:func:`stage_of`), and ``product`` (the
+    mean CPU seconds of its sampled product runs) and ``faults`` (their mean minor faults)."""
+    sampled = run["products"][1:]
+    stages: dict[str, float] = {}
+    for where, (cpu, _) in run["stages"].items():
+        stages[stage_of(where)] = stages.get(stage_of(where), 0.0) + cpu / len(sampled)
+    return {**stages, "product": sum(p[0] for p in sampled) / len(sampled),
+            "faults": sum(p[1] for p in sampled) / len(sampled)}
+
+
+def stage_table(alone: list[dict[str, float]], beside: list[dict[str, float]]) -> str:
+    """Markdown: per stage (:func:`per_product` of each run) the median over the runs of CPU ms per product alone
+    and beside, their ratio and the stage's share of the product's difference (beside - alone), dearest first;
+    then the product's CPU, its ratio (the inflation factor) and minor faults."""
+    import statistics
+
+    def median(runs: list[dict[str, float]], key: str) -> float:
+        return statistics.median(r.get(key, 0.0) for r in runs)
+
+    names = sorted({k for r in alone + beside for k in r} - {"product", "faults"}, key=lambda k: -median(alone, k))
+    gap = median(beside, "product") - median(alone, "product")
+    lines = ["| stage | alone ms per product | beside ms | beside / alone | share of the product's difference |",
+             "|---|---|---|---|---|"]
+    for name in names:
+        a, b = 1000 * median(alone, name), 1000 * median(beside, name)
+        share = f"{(b - a) / (1000 * gap):+.0%}" if gap else "-"
+        lines.append(f"| {name} | {a:.1f} | {b:.1f} | {b / a if a else float('nan'):.2f} | {share} |")
+    a, b = median(alone, "product"), median(beside, "product")
+    lines.append(f"| **product (CPU s, medians of {len(alone)} / {len(beside)} runs)** | {a:.3f} | {b:.3f} | "
+                 f"**{b / a:.3f}** | minor faults {median(alone, 'faults'):,.0f} / {median(beside, 'faults'):,.0f} |")
+    return "\n".join(lines)
+
+
+def stages(args) -> None:
+    """Where a product's CPU inflates beside another: per stage, alone against two identical runs at once (module
+    docstring)."""
+    byte_compile(args.tree)
+    work = Path(tempfile.mkdtemp(prefix="scale-st-"))
+    alone: list[dict[str, float]] = []
+    beside: list[dict[str, float]] = []
+    loads = []
+    try:
+        for r in range(args.rounds):
+            loads.append(load())
+            proc, result = _sampled_process(args.tree, args.cohort, work, f"alone-{r}", args.product_repeat)
+            proc.wait()
+            alone.append(per_product(json.loads(result.read_text())))
+            started = [_sampled_process(args.tree, args.cohort, work, f"beside{i}-{r}", args.product_repeat)
+                       for i in range(2)]
+            for proc, _ in started:
+                proc.wait()
+            beside.extend(per_product(json.loads(result.read_text())) for _, result in started)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(stage_table(alone, beside))
+    print(f"\n{args.rounds} rounds, each product run {args.product_repeat} times a process (the first not sampled); "
+          f"load before each round: {', '.join(f'{x:.1f}' for x in loads)}")
+
+
 def scan(args) -> None:
     """``scan_folder`` of ``--files`` files (symbolic links to the cohort's files, renamed so that
     every 9 make a new product): wall and CPU seconds, and bytes read per file (``rchar`` of
@@ -1030,7 +1183,7 @@ def gating(args) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("incremental", "memory", "throughput", "analysis", "parallel", "timeline", "contention",
-                                       "capacity", "scan", "gating", "all"))
+                                       "stages", "capacity", "scan", "gating", "all"))
     ap.add_argument("--cohort", type=Path, help="folder from benchmarks/make_cohort.py")
     ap.add_argument("--make-cohort", type=Path, help="`all`: the issue's folder here (written first if missing)")
     ap.add_argument("--baseline-commit", default=None, help="`all`: commit to compare against (git worktree)")
@@ -1044,6 +1197,7 @@ def main(argv=None) -> None:
     ap.add_argument("--jobs", type=int, default=2, help="`timeline`: --jobs of the traced run")
     ap.add_argument("--dask", action="store_true", help="`timeline`: trace a run on a 2-worker LocalCluster instead")
     ap.add_argument("--files", type=int, default=10_000, help="files for `scan`")
+    ap.add_argument("--product-repeat", type=int, default=3, help="`stages`: times each product is run in a process")
     args = ap.parse_args(argv)
     args.cohort = args.cohort or args.make_cohort
     if args.cohort is None:
@@ -1051,7 +1205,7 @@ def main(argv=None) -> None:
     args.cohort, args.tree = args.cohort.resolve(), args.tree.resolve()   # the runs' working directory is the tree
     args.baseline = args.baseline.resolve() if args.baseline else None
     {"incremental": incremental, "memory": memory, "throughput": throughput, "parallel": parallel,
-     "timeline": timeline, "contention": contention, "capacity": capacity, "scan": scan, "gating": gating, "analysis": analysis, "all": everything}[args.what](args)
+     "timeline": timeline, "contention": contention, "stages": stages, "capacity": capacity, "scan": scan, "gating": gating, "analysis": analysis, "all": everything}[args.what](args)
 
 
 if __name__ == "__main__":

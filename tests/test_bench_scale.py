@@ -52,3 +52,29 @@ def test_split_line_is_head_plus_the_products_shared_out_plus_tail():
     line = bench_scale.split_line(0.9, 6.0, 0.1, 2, 4.1)
     assert "= 4.00 s, 0.10 s less than this run's 4.10 s" in line
     assert "= 6.00 s, 0.00 s less" in bench_scale.split_line(0.5, 5.4, 0.1, 1, 6.0)
+
+
+def test_stage_table_reads_each_stage_alone_and_beside_and_its_share_of_the_difference():
+    """``stages`` (stop 63): a run's samples summed by stage per sampled product run (the process's first product run
+    left out), medians over the runs, the stage's ratio and its share of the product's difference. Two runs alone
+    and two beside, by hand: placement 0.50 s a product alone and 0.56 beside (1.12x, +60 ms of the product's +100
+    ms: +60 %), transform 0.10 / 0.14 (1.40x, +40 %); the product 1.0 / 1.1 s, 1.100x."""
+    assert bench_scale.stage_of("gates/placement.py:loss") == "gate placement"
+    assert bench_scale.stage_of("gates/geometry.py:contains") == "gate membership"
+    assert bench_scale.stage_of("io/fcs.py:hexdigest") == "SHA-256 of the files"
+    assert bench_scale.stage_of("io/fcs.py:_decode_block") == "read"
+    assert bench_scale.stage_of("pipeline/product.py:_render") == "other (pipeline, libraries' own Python)"
+
+    def run(placement: float, transform: float, product: float) -> dict:
+        # three product runs, the first (not sampled) of 9 s; the samples' sums cover the two sampled ones
+        return {"stages": {"gates/placement.py:loss": [placement, 4], "quantiles.py:_select": [placement, 0],
+                           "transforms.py:inverse": [2 * transform, 10]},
+                "products": [[9.0, 30000], [product, 7], [product, 9]]}
+
+    alone = [bench_scale.per_product(run(0.5, 0.1, 1.0)), bench_scale.per_product(run(0.5, 0.1, 1.0))]
+    beside = [bench_scale.per_product(run(0.56, 0.14, 1.1)), bench_scale.per_product(run(0.56, 0.14, 1.1))]
+    assert alone[0] == {"gate placement": 0.5, "transform (and inverse)": 0.1, "product": 1.0, "faults": 8.0}
+    table = bench_scale.stage_table(alone, beside).splitlines()
+    assert table[2] == "| gate placement | 500.0 | 560.0 | 1.12 | +60% |"
+    assert table[3] == "| transform (and inverse) | 100.0 | 140.0 | 1.40 | +40% |"
+    assert table[4].startswith("| **product (CPU s, medians of 2 / 2 runs)** | 1.000 | 1.100 | **1.100** | minor faults 8 / 8 |")
