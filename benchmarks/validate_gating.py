@@ -77,6 +77,16 @@ other draws of the same phenomena: stop 49, benchmarks/README.md). Names
 ``tandem_loss``, ``pd1_dim_scale``, ``foxp3_scale``, ``dim_dead``. Heavy PD1 binding:
 ``--set pd1_binding=150-300 --set pd1_binding_sd=0.6-0.8``.
 
+Acquisition phenomena the drawn mix never has (stop 63, ``tilpheno/simulate/phenomena.py``), set only:
+``spill_fitc_pe`` and ``spill_apch7_pe`` (:data:`SPILL_PAIRS`: a compensation error, the signed amount added at
+acquisition to that spillover coefficient, every tube, the files' ``$SPILLOVER`` the written matrix; positive
+under-compensated, e.g. ``--set spill_apch7_pe=0.02-0.15``, negative over-compensated, ``=-0.15--0.02``);
+``fmo_gain_<fitc|pe|percp|apc|bv421|apch7>`` (:data:`FMO_GAINS`: that detector's gain in the FMO tubes only, a
+factor, e.g. ``--set fmo_gain_pe=0.9-1.1``); ``fmo_events`` (each FMO tube's events as a fraction of the stained
+tube's, e.g. ``--set fmo_events=0.05-0.3``). The reference keeps its meaning (the ideal FMO is acquired with the
+stained tube: the stained tube's label negatives, compensated with the written matrix); products without them
+are main's, byte for byte, and so is their errors.csv (their ``phen_`` columns are added only where present).
+
 ``--without-fmo MARKER`` (repeatable: PD1, FoxP3, CD8, CD3, CD4, CD56): every product gated with that marker's FMO
 file left out of its manifest, so its ``fmo`` gates fall back as README's fallback order says (the product's unstained
 control, else the stained valley); the errors are still against the ideal-FMO reference and the label truth, so
@@ -93,6 +103,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -177,21 +188,31 @@ def strategies_for(live: str, cells: str = "fsc") -> list:
     return out
 
 
+SPILL_PAIRS = {"spill_fitc_pe": ("FITC", "PE-A"), "spill_apch7_pe": ("APC-H7", "PE-A")}
+"""``--set`` name -> the (fluorochrome, detector) coefficient a compensation error changes at acquisition
+(``Phenomena.spill_error``): CD3's FITC into PE (PD1, FoxP3), CD8's APC-H7 tandem into PE (PD1)."""
+FMO_GAINS = {"fmo_gain_fitc": "FITC-A", "fmo_gain_pe": "PE-A", "fmo_gain_percp": "PerCP-Cy5-5-A",
+             "fmo_gain_apc": "APC-A", "fmo_gain_bv421": "BV421-A", "fmo_gain_apch7": "APC-H7-A"}
+"""``--set`` name -> the detector whose gain drifts in the FMO tubes (``Phenomena.fmo_gain``)."""
 SETTABLE = (tuple(f"{m.lower()}_binding" for m in NSB_MARKERS) + tuple(f"{m.lower()}_binding_sd" for m in NSB_MARKERS)
-            + ("tandem_loss", "pd1_dim_scale", "foxp3_scale", "dim_dead"))
-"""The phenomena ``--set`` can fix (module docstring)."""
+            + ("tandem_loss", "pd1_dim_scale", "foxp3_scale", "dim_dead") + tuple(SPILL_PAIRS) + tuple(FMO_GAINS)
+            + ("fmo_events",))
+"""The phenomena ``--set`` can fix (module docstring); a name's place is its value's stream, so names are only added
+at the end."""
+NUMBER = r"-?(?:\d+\.?\d*|\.\d+)"
+SET_VALUE = re.compile(rf"({NUMBER})(?:-({NUMBER}))?")
 
 
 def parse_set(text: str) -> tuple[str, float, float]:
-    """``NAME=LOW-HIGH`` or ``NAME=VALUE`` -> (name, low, high); a clear error otherwise."""
+    """``NAME=LOW-HIGH`` or ``NAME=VALUE`` -> (name, low, high), either bound may be negative
+    (``spill_apch7_pe=-0.15--0.02``); a clear error otherwise."""
     name, sep, value = text.partition("=")
     if not sep or name not in SETTABLE:
         raise argparse.ArgumentTypeError(f"--set {text!r}: expected NAME=LOW-HIGH with NAME one of {', '.join(SETTABLE)}")
-    low, _, high = value.partition("-")
-    try:
-        bounds = float(low), float(high or low)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--set {text!r}: {value!r} is not a number or a range LOW-HIGH") from None
+    match = SET_VALUE.fullmatch(value)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"--set {text!r}: {value!r} is not a number or a range LOW-HIGH")
+    bounds = float(match[1]), float(match[2] or match[1])
     if bounds[0] > bounds[1]:
         raise argparse.ArgumentTypeError(f"--set {text!r}: LOW {bounds[0]:g} exceeds HIGH {bounds[1]:g}")
     return name, bounds[0], bounds[1]
@@ -201,16 +222,21 @@ def set_phenomena(phen, seed: int, sets: tuple[tuple[str, float, float], ...]):
     """``phen`` (a drawn ``Phenomena``) with each of ``sets`` (:func:`parse_set`) drawn for the product of
     ``seed`` (its own stream: the same value whatever else is set)."""
     nsb, nsb_sd, other = dict(phen.nsb), dict(phen.nsb_sd), {}
+    spill, gain = dict(phen.spill_error), dict(phen.fmo_gain)
     for name, low, high in sets:
         value = float(np.random.default_rng([seed, SETTABLE.index(name)]).uniform(low, high))
         marker = {m.lower(): m for m in NSB_MARKERS}.get(name.split("_binding")[0])
-        if name.endswith("_binding_sd"):
+        if name in SPILL_PAIRS:
+            spill[SPILL_PAIRS[name]] = value
+        elif name in FMO_GAINS:
+            gain[FMO_GAINS[name]] = value
+        elif name.endswith("_binding_sd"):
             nsb_sd[marker] = value
         elif name.endswith("_binding"):
             nsb[marker] = value
         else:
             other[name] = value
-    return dataclasses.replace(phen, nsb=nsb, nsb_sd=nsb_sd, **other)
+    return dataclasses.replace(phen, nsb=nsb, nsb_sd=nsb_sd, spill_error=spill, fmo_gain=gain, **other)
 
 
 FMO_MARKERS = ("CD3", "CD4", "CD8", "CD56", "PD1", "FoxP3")

@@ -108,7 +108,9 @@ def simulate_product(
     ``phenomena``: True draws the product's bench phenomena (``phenomena.py``) from a stream of
     its own (spawned after the base streams, which stay unchanged); a ``Phenomena`` uses that one;
     False is the base model. With phenomena the truth has ``phen_*`` columns and the ideal-FMO
-    reference is ``truth.stained_negative_reference``.
+    reference is ``truth.stained_negative_reference``; ``n_events`` is the stained tubes' (an FMO tube
+    holds fewer with ``Phenomena.fmo_events``). The files' ``$SPILLOVER`` is always the instrument's
+    written matrix, also when the phenomena acquire the tubes with another (``spill_error``).
     """
     if n_events < 1:
         raise ValueError(f"{product_id}: need at least one event per tube, got {n_events}")
@@ -130,7 +132,8 @@ def simulate_product(
     tubes: list[SimulatedTube] = []
     for spec, tube_seq, phen_tube_seq in zip(TUBES, tube_seqs, phen_seqs):
         prng = np.random.default_rng(phen_tube_seq) if phen is not None else None
-        data = simulate_tube(comp, spec, n_events, np.random.default_rng(tube_seq), phen, prng)
+        n_tube = phen.tube_events(spec.role, n_events) if phen is not None else n_events
+        data = simulate_tube(comp, spec, n_tube, np.random.default_rng(tube_seq), phen, prng)
         file = spec.file_name(product_id)
         tubes.append(SimulatedTube(file, data, _channels(spec), _keywords(product_id, spec, file, start, data.events, note)))
         start += dt.timedelta(seconds=float(data.events[-1, -1]) * ins.TIMESTEP + 30 + int(meta.integers(0, 60)))

@@ -74,25 +74,30 @@ def true_spillover() -> Spillover:
     return Spillover(DETECTORS, SPILLOVER_MATRIX.copy(), "simulated Fortessa")
 
 
-def spill(amounts: np.ndarray) -> np.ndarray:
-    """``amounts @ SPILLOVER_MATRIX`` as elementwise sums in a fixed order.
+def spill(amounts: np.ndarray, matrix: np.ndarray = SPILLOVER_MATRIX) -> np.ndarray:
+    """``amounts @ matrix`` (the instrument's ``SPILLOVER_MATRIX`` unless a product is acquired with
+    another: a compensation error, ``phenomena.Phenomena.spill_error``) as elementwise sums in a fixed order.
 
     Not BLAS: BLAS results may differ in the last bit between CPUs and thread counts (breaking
     bit-identical files for a seed), and its threads crawl on a shared 2-core machine.
     """
-    out = np.zeros((amounts.shape[0], SPILLOVER_MATRIX.shape[1]))
-    for i in range(SPILLOVER_MATRIX.shape[0]):
-        out += amounts[:, i : i + 1] * SPILLOVER_MATRIX[i]
+    out = np.zeros((amounts.shape[0], matrix.shape[1]))
+    for i in range(matrix.shape[0]):
+        out += amounts[:, i : i + 1] * matrix[i]
     return out
 
 
-def detect(amounts: np.ndarray, autofluorescence: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def detect(amounts: np.ndarray, autofluorescence: np.ndarray, rng: np.random.Generator,
+           matrix: np.ndarray = SPILLOVER_MATRIX, gain: np.ndarray | None = None) -> np.ndarray:
     """Raw detector values (n x 6) from true fluorochrome amounts and per-event autofluorescence.
 
     ``amounts`` and ``autofluorescence`` are n x 6, linear units, columns in ``FLUOROCHROMES`` /
-    ``DETECTORS`` order. Implements the noise model of the module docstring.
+    ``DETECTORS`` order. Implements the noise model of the module docstring with the spillover
+    ``matrix`` the tube is acquired with; ``gain`` (per detector, 1 = the instrument's): a drifted
+    detector's whole signal (light, photon and electronic noise) scaled before the 18-bit ceiling.
     """
-    mean = autofluorescence + spill(amounts)
+    mean = autofluorescence + spill(amounts, matrix)
     shot = np.sqrt(PHOTON_FACTOR * np.clip(mean, 0.0, None)) * rng.standard_normal(mean.shape)
     electronic = ELECTRONIC_SD * rng.standard_normal(mean.shape)
-    return np.minimum(mean + shot + electronic, SATURATION)
+    signal = mean + shot + electronic
+    return np.minimum(signal if gain is None else signal * gain, SATURATION)

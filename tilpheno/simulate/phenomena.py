@@ -25,16 +25,39 @@ Phenomena (amounts in linear detector units at lymphocyte size, before spillover
 - **activation markers** (``pd1_dim_scale``, ``foxp3_scale``): dim PD1 and FoxP3 intensities
   scaled down (small shifts and dim shoulders overlapping the negatives).
 
+Acquisition phenomena (stop 63, issue 13: what a Fortessa run shows that the phenomena above do not
+draw). ``draw_phenomena`` never draws them (the study's files give no evidence for any of them, so
+the drawn mix is main's); they are set on a ``Phenomena`` (``benchmarks/validate_gating.py --set``):
+
+- **compensation error** (``spill_error``): (fluorochrome, detector) -> the amount added to that
+  ``instrument.SPILLOVER_MATRIX`` coefficient when every tube of the product is acquired, while
+  the files' ``$SPILLOVER`` stays the written matrix (one matrix per run, the FMOs' as the stained
+  tube's). Positive: more light reaches the detector than the matrix removes (under-compensated);
+  negative: over-compensated. E.g. ``("APC-H7", "PE-A"): 0.08``: 8 % of CD8's APC-H7 signal is left
+  in PD1's PE detector after compensation.
+- **tube-to-tube drift** (``fmo_gain``): detector -> gain factor of the product's FMO tubes only
+  (a detector's sensitivity drifted between the stained tube and its controls: the whole raw
+  signal of that detector, before the 18-bit ceiling, times the factor; ``$PnV`` unchanged, as for
+  a laser or PMT drift the file does not record).
+- **few FMO events** (``fmo_events``): each FMO tube holds this fraction of the stained tube's
+  events (a control run short or from a small sample), at least one.
+
 Ground truth stays label truth. The ideal-FMO reference of a product simulated with phenomena
 is the marker's 99.5th percentile over the **label-negative events of the stained tube's**
 label-defined parent: an ideal FMO is a control that differs from the stained tube only by the
 marker's specific binding, so it carries the same nonspecific binding (``truth.fmo_reference``).
+The acquisition phenomena keep that meaning: the ideal FMO is acquired with the stained tube
+(same spillover at acquisition, compensated with the same written ``$SPILLOVER``, so a compensation
+error's residual is in it as in the stained tube; the stained tube's gain, not the drifted one; as
+many events as the stained tube), which is what the stained tube's label negatives are.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from tilpheno.simulate import instrument as ins
 
 NSB_MARKERS = ("CD3", "CD4", "CD8", "CD56", "PD1", "FoxP3")
 NSB_NONE_PROBABILITY = 0.35
@@ -53,9 +76,14 @@ class Phenomena:
     dim_dead: float = 0.0
     pd1_dim_scale: float = 1.0
     foxp3_scale: float = 1.0
+    spill_error: dict[tuple[str, str], float] = field(default_factory=dict)
+    fmo_gain: dict[str, float] = field(default_factory=dict)
+    fmo_events: float = 1.0
 
     def describe(self) -> dict[str, float]:
-        """Flat numbers for a truth table (``phen_*`` columns)."""
+        """Flat numbers for a truth table (``phen_*`` columns); the acquisition phenomena's columns
+        only where they are present (``phen_spill_<fluorochrome>_<detector>``, ``phen_fmo_gain_<detector>``,
+        ``phen_fmo_events``), so a product without them has main's columns."""
         out = {f"phen_nsb_{m}": self.nsb.get(m, 0.0) for m in NSB_MARKERS}
         out.update({f"phen_spread_{m}": self.spread.get(m, 0.0) for m in NSB_MARKERS})
         out.update({
@@ -63,7 +91,34 @@ class Phenomena:
             "phen_dim_dead": self.dim_dead, "phen_pd1_dim_scale": self.pd1_dim_scale,
             "phen_foxp3_scale": self.foxp3_scale,
         })
+        out.update({f"phen_spill_{source}_{detector}": v for (source, detector), v in self.spill_error.items()})
+        out.update({f"phen_fmo_gain_{detector}": v for detector, v in self.fmo_gain.items()})
+        if self.fmo_events != 1.0:
+            out["phen_fmo_events"] = self.fmo_events
         return out
+
+    def acquisition_spillover(self) -> np.ndarray | None:
+        """The spillover matrix the product's tubes are acquired with (``instrument.SPILLOVER_MATRIX``
+        plus ``spill_error``, fractions of the fluorochrome's signal); None without a compensation error
+        (the instrument's own matrix, its arithmetic untouched)."""
+        if not self.spill_error:
+            return None
+        matrix = ins.SPILLOVER_MATRIX.copy()
+        for (source, detector), error in self.spill_error.items():
+            matrix[ins.FLUOROCHROMES.index(source), ins.DETECTORS.index(detector)] += error
+        return matrix
+
+    def detector_gain(self, role: str) -> np.ndarray | None:
+        """Per-detector gain factors (``instrument.DETECTORS`` order) of a tube of ``role``: ``fmo_gain``
+        on FMO tubes, None elsewhere and without drift."""
+        if role != "fmo" or not self.fmo_gain:
+            return None
+        return np.array([self.fmo_gain.get(d, 1.0) for d in ins.DETECTORS])
+
+    def tube_events(self, role: str, n_events: int) -> int:
+        """Events of a tube of ``role`` when the stained tube has ``n_events``: ``fmo_events`` of them
+        (rounded, at least 1) in an FMO tube."""
+        return max(1, round(self.fmo_events * n_events)) if role == "fmo" else n_events
 
 
 def draw_phenomena(rng: np.random.Generator) -> Phenomena:

@@ -283,8 +283,10 @@ def simulate_tube(
 ) -> TubeEvents:
     """Simulate one tube of ``n_events`` raw events (see the module docstring).
 
-    ``phenomena`` (with its own ``phenomena_rng``): the bench phenomena of ``phenomena.py``;
-    None draws exactly the base model's streams.
+    ``phenomena`` (with its own ``phenomena_rng``): the bench phenomena of ``phenomena.py`` (a
+    compensation error and an FMO tube's detector drift applied at detection; ``n_events`` is the
+    tube's own, an FMO's few events already taken: ``Phenomena.tube_events``); None draws exactly
+    the base model's streams.
     """
     phen, prng = phenomena, phenomena_rng
     if phen is not None and prng is None:
@@ -338,7 +340,9 @@ def simulate_tube(
         np.concatenate([ssc_h[:n_cells], d_ssc_h, _heights(deb_ssc, 0.85, 0.08, rng)]),
     ])
     scatter = np.clip(scatter + 150.0 * rng.standard_normal(scatter.shape), 0.0, ins.SATURATION)
-    fluor = ins.detect(amounts_all, af_all, rng)
+    acquisition = phen.acquisition_spillover() if phen is not None else None
+    fluor = ins.detect(amounts_all, af_all, rng, ins.SPILLOVER_MATRIX if acquisition is None else acquisition,
+                       phen.detector_gain(spec.role) if phen is not None else None)
 
     # Acquisition order is random; Time in $TIMESTEP units at ~2,500 events/s.
     order = rng.permutation(n_events)

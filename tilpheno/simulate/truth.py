@@ -35,7 +35,11 @@ Products simulated with bench phenomena (``phenomena.py``: nonspecific binding, 
 step 3 on the **stained tube's label-negative parent events** instead of the FMO tube
 (:func:`stained_negative_reference`): the ideal FMO differs from the stained tube only by the
 marker's specific binding, so it carries the stained tube's nonspecific binding; a real FMO does
-not, which is exactly what the gating must cope with.
+not, which is exactly what the gating must cope with. The acquisition phenomena (a compensation error, an
+FMO tube's detector drift, few FMO events; ``phenomena.py``) leave this reference as it is: the ideal FMO is
+acquired with the stained tube, so it shares its spillover at acquisition and is compensated with the same
+written matrix (``instrument.true_spillover``, the files' ``$SPILLOVER``), at the stained tube's gain, with its
+number of events.
 """
 from __future__ import annotations
 
