@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from memory_support import peak_bytes
 
 from tilpheno.errors import GatingError
 from tilpheno.gates.geometry import (
@@ -236,17 +237,9 @@ def test_polygon_membership_reuses_its_buffers_edge_after_edge():
     allocations) at most 2.5 columns' bytes: two float64 buffers (the cross product and its second term) and
     three masks, written again by every edge, 2.375; main before stop 63 made each edge's temporaries anew
     (3.25). The membership itself is flowutils' (above)."""
-    import tracemalloc
-
     rng = np.random.default_rng(4)
     data = {"x": rng.normal(0, 1, 1_000_000), "y": rng.normal(0, 1, 1_000_000)}
     gate = PolygonGate(("x", "y"), ((0, 0), (1, 0.2), (1.2, 1), (0.3, 1.5), (-0.5, 0.7)))
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        inside = gate.contains(data)
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    inside, peak = peak_bytes(lambda: gate.contains(data))
     assert 0 < inside.sum() < inside.size
     assert peak <= 2.5 * data["x"].nbytes, peak / data["x"].nbytes

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from flowutils import transforms as fu
+from memory_support import peak_bytes
 
 from tilpheno.transforms import (
     LOGICLE_TOLERANCE,
@@ -125,17 +126,9 @@ def test_logicle_inverse_holds_at_most_three_arrays_of_its_input_at_once():
     3.25x the input's bytes: the biexponential's value, its negation and the selection of the two, and the mask
     (3.125x); the mirrored argument is made the second exponential's array. The formula's six full-size
     temporaries held 4.125x (main before stop 63)."""
-    import tracemalloc
-
     lg = Logicle()
     y = lg.apply(np.random.default_rng(3).normal(300, 3000, 1_000_000))
     lg.inverse(y[:10])   # the coefficients' cache
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        result = lg.inverse(y)
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    result, peak = peak_bytes(lambda: lg.inverse(y))
     assert result.nbytes == y.nbytes
     assert peak <= 3.25 * y.nbytes, peak / y.nbytes
