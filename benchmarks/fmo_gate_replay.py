@@ -8,9 +8,10 @@ per tube; ``--set NAME=LOW-HIGH`` as there, e.g. ``--set pd1_binding=150-300 --s
 pd1_binding_sd=0.6-0.8``), runs ``analyze_product`` once and pickles, per product, every call of
 ``checks.place_and_check`` (the FMO and stained parents' values, the strategy parameters, the
 skew-reference arrays; the residual-spillover check's second placement of a gate, ``phenotype``'s
-``_residual_check``, marked with its slopes, ``residual_slopes``), the QC flags, the phenotype and the
+``_residual_check``, marked with its slopes, ``residual_slopes``; the compensation-misfit check's, ``_misfit_check``,
+since stop 63, ``misfit_slopes``), the QC flags, the phenotype and the
 truth. ``replay`` places every captured ``fmo`` gate again with the code on ``PYTHONPATH`` (a marked
-second placement too, judged by ``checks.residual_impact`` against the gate's replayed placement as
+second placement too, judged by ``checks.residual_impact`` or ``checks.misfit_impact`` against the gate's replayed placement as
 the engine does: one placement per gate; a capture from before the mark is refused), moves the FMO-gated variables by the change of
 their gate's % of parent (``cd8pd1_pct_of_cd3`` scaled by CD8 % of CD3) and NK and NKT (``CD56+ & !CD3+``,
 ``CD3+ & CD56+``: both gates are placed on the live lymphocytes, the same events in the same order, so the
@@ -58,7 +59,7 @@ def capture_one(args) -> int:
     from tilpheno.gates.strategy import default_strategy_paths, load_strategy
     from tilpheno.phenotype import analyze_product
 
-    calls, placed, original, impact = [], [], checks.place_and_check, checks.residual_impact
+    calls, placed, original, impact, misfit = [], [], checks.place_and_check, checks.residual_impact, checks.misfit_impact
 
     def recording(population, marker, fmo_values, stained_values, **kw):
         result = original(population, marker, fmo_values, stained_values, **kw)
@@ -73,13 +74,18 @@ def capture_one(args) -> int:
         calls[next(i for i, p in enumerate(placed) if p is corrected)]["residual_slopes"] = dict(slopes)
         return impact(population, marker, placement, stained, corrected, corrected_stained, slopes, **kw)
 
-    checks.place_and_check, checks.residual_impact = recording, residual
+    def misfitted(population, marker, placement, stained, corrected, slopes, **kw):
+        # likewise the compensation-misfit check's second placement (stop 63)
+        calls[next(i for i, p in enumerate(placed) if p is corrected)]["misfit_slopes"] = dict(slopes)
+        return misfit(population, marker, placement, stained, corrected, slopes, **kw)
+
+    checks.place_and_check, checks.residual_impact, checks.misfit_impact = recording, residual, misfitted
     try:
         with tempfile.TemporaryDirectory() as tmp:
             prod, manifest = vg.written_product(seed, events, sets, tmp)
             result = analyze_product(prod.product_id, manifest, [load_strategy(p) for p in default_strategy_paths()])
     finally:
-        checks.place_and_check, checks.residual_impact = original, impact
+        checks.place_and_check, checks.residual_impact, checks.misfit_impact = original, impact, misfit
     review = [(f.code, f.message) for f in result.qc if checks.needs_review(f)]
     with open(out, "wb") as fh:
         pickle.dump(dict(seed=seed, calls=calls, truth=dict(prod.truth), phenotype=dict(result.phenotype),
@@ -122,6 +128,10 @@ def replay_one(record: dict) -> dict:
             main = gate_call[population]
             final[population] = checks.residual_impact(population, c["marker"], final[population], main["stained"],
                                                        placed, c["stained"], c["residual_slopes"])
+            continue
+        if "misfit_slopes" in c:   # the compensation-misfit check's second placement (engine, stop 63)
+            final[population] = checks.misfit_impact(population, c["marker"], final[population],
+                                                     gate_call[population]["stained"], placed, c["misfit_slopes"])
             continue
         if population in final:
             raise ValueError(f"{population} was placed twice: captured before the residual check's second placement "

@@ -1043,3 +1043,51 @@ def test_the_residual_check_is_judged_against_the_gates_own_uncertain_points(tmp
     assert tube.diagnostics["CD56+"]["residual_points"] > 3.0, tube.diagnostics["CD56+"]
     spill = [f.message for f in result.qc if f.gate == "CD56+" and "spillover" in f.message and needs_review(f)]
     assert not spill, spill
+
+
+def test_the_misfit_slopes_are_the_fmos_residual_beyond_the_stained_tubes():
+    """Stop 63: ``checks.misfit_slopes`` = the FMO parent's partial slope into the marker minus the stained parent's
+    (its events below the cut). An FMO whose PD1 detector lost 2 % of CD3's FITC to over-compensation (a PE gain 0.9
+    with the stained tube's matrix), a stained tube compensated right, with 20 % PD1+ cells above the cut: -0.02
+    (+-0.004); the same residual in both tubes (one matrix, one error) is no misfit (|.| < 0.004)."""
+    from tilpheno.gates.checks import misfit_slopes
+
+    rng = np.random.default_rng(212899)
+    n = 20_000
+
+    def tube(residual, positives):
+        cd3 = np.where(rng.random(n) < 0.8, rng.lognormal(np.log(6000.0), 0.35, n), rng.normal(100.0, 60.0, n))
+        pd1 = rng.normal(60.0, 50.0, n) + residual * cd3
+        pd1 = np.where(rng.random(n) < positives, rng.lognormal(np.log(2600.0), 0.5, n), pd1)
+        return {"CD3": cd3, "PD1": pd1}
+
+    drifted = misfit_slopes(tube(-0.02, 0.0), tube(0.0, 0.2), "PD1", 600.0)
+    assert set(drifted) == {"CD3"} and drifted["CD3"] == pytest.approx(-0.02, abs=0.004), drifted
+    alike = misfit_slopes(tube(0.05, 0.0), tube(0.05, 0.2), "PD1", 900.0)
+    assert abs(alike["CD3"]) < 0.004, alike
+
+
+@pytest.mark.slow
+def test_a_pd1_fmo_acquired_at_another_pe_gain_is_flagged(tmp_path):
+    """Stop 63 (stress_63): development product V212054 (its drawn bench phenomena) with its FMO tubes' PE gain 0.906
+    (``validate_gating.py --set fmo_gain_pe=0.9-1.1`` drew 0.9058 for it): the FMO's T cells over-compensated in PE
+    (0.215 x 0.094 of their FITC), every PD1 gate carried 120 units too low: PD1+ more than 3 points over the ideal-FMO
+    reference (independent truth: the stained tube's label negatives), and flagged by the misfit check on its gate;
+    without the drift the same product's PD1+ is within 1.5 points and no gate carries the misfit flag. Main's gating
+    (before stop 63's check) left the drifted product unflagged (benchmarks/README, stop 63)."""
+    from dataclasses import replace
+
+    drawn = simulate_product("V212054", 212054, 1, phenomena=True).phenomena
+    assert drawn is not None
+    for gain, folder in ((0.906, tmp_path / "drift"), (None, tmp_path / "plain")):
+        folder.mkdir()
+        phen = replace(drawn, fmo_gain={"PE-A": gain}) if gain else drawn
+        prod, result = _analyzed(folder, "V212054", 212054, phen)
+        error = result.phenotype["pd1_pct_of_live_lymph"] - prod.truth["ref_pd1_pct_of_live_lymph"]
+        misfit = [f for f in result.qc if needs_review(f) and f.code == "uncertain_threshold"
+                  and "differs from the stained tube's" in f.message]
+        if gain:
+            assert error > 3.0, error
+            assert "PD1+" in {f.gate for f in misfit}, [f.message for f in result.qc]
+        else:
+            assert abs(error) < 1.5 and not misfit, (error, [f.message for f in misfit])

@@ -1540,9 +1540,10 @@ class _TubeKindRun:
         # only the parent's events the slopes are read on (every k-th beyond RESIDUAL_MAX_EVENTS,
         # residual_events) are taken back to linear units: the same events, the same slopes
         parent = np.flatnonzero(fmo.parent_mask(pop))
-        slopes = checks.residual_slopes(linear(fmo, parent[residual_events(parent.size)]), marker)
+        fmo_linear = linear(fmo, parent[residual_events(parent.size)])
+        slopes = checks.residual_slopes(fmo_linear, marker)
         if not slopes:
-            return placement
+            return self._misfit_check(pop, fmo, stained, placement, call, skew_reference, fmo_linear, linear)
 
         def corrected(state: _Gated, mask: np.ndarray) -> np.ndarray:
             return transform.apply(checks.without_residual(linear(state, mask), marker, slopes))
@@ -1556,6 +1557,36 @@ class _TubeKindRun:
         limit = {"uncertain_points": call["uncertain_points"]} if "uncertain_points" in call else {}
         return checks.residual_impact(pop.name, marker, placement, stained.tube.data[marker][stained.parent_mask(pop)],
                                       other, evidence, slopes, held=call["held"], **limit)
+
+    def _misfit_check(self, pop: Population, fmo: _Gated, stained: _Gated, placement: pl.Placement,
+                      call: dict[str, Any], skew_reference: str | None, fmo_linear: dict[str, np.ndarray],
+                      linear: Callable[[_Gated, np.ndarray], dict[str, np.ndarray]]) -> pl.Placement:
+        """``placement`` with the compensation-misfit check (``checks.misfit_impact``, stop 63): the FMO parent's
+        partial slopes into the marker's detector (``fmo_linear``, the events the residual check read) minus the
+        stained parent's below the cut (``checks.misfit_slopes``), taken out of the FMO's events only (and its
+        ``skew_reference`` population's), the gate placed again. ``linear``: state, events -> marker -> compensated
+        linear values (``_residual_check``'s)."""
+        from tilpheno.spillover import residual_events
+
+        marker = pop.dims[0]
+        transform = fmo.tube.transforms[marker]
+        below = float(transform.inverse(np.array([float(placement.diagnostics["threshold"])]))[0])
+        parent = np.flatnonzero(stained.parent_mask(pop))
+        slopes = checks.misfit_slopes(fmo_linear, linear(stained, parent[residual_events(parent.size)]), marker, below)
+        if not slopes:
+            return placement
+
+        def corrected(mask: np.ndarray) -> np.ndarray:
+            return transform.apply(checks.without_residual(linear(fmo, mask), marker, slopes))
+
+        again = dict(call)
+        if skew_reference:
+            again.update(reference_fmo=corrected(fmo.masks[skew_reference]),
+                         reference_stained=stained.tube.data[marker][stained.masks[skew_reference]])
+        evidence = stained.tube.data[marker][stained.parent_mask(pop)]
+        other = checks.place_and_check(pop.name, marker, corrected(fmo.parent_mask(pop)), evidence, **again)
+        limit = {"uncertain_points": call["uncertain_points"]} if "uncertain_points" in call else {}
+        return checks.misfit_impact(pop.name, marker, placement, evidence, other, slopes, held=call["held"], **limit)
 
     def _unstained(self, i: int, pop: Population) -> np.ndarray | None:
         """The product's unstained control's events for file ``i``'s one-population valley cut of

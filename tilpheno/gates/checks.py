@@ -116,6 +116,12 @@ makes the product "needs review", see ``tilpheno.qc.REVIEW_CODES``):
     move is then that cut's own uncertainty, not the spillover's effect (under heavy log-normal
     binding the re-placed normal fit over-called by 10-20 points where removing the spillover moved
     the gate by about 1, stop 44), and the gate as placed keeps its own flags.
+    Also (stop 63, the engine) when no such residual is flagged but the FMO's spillover into the marker's detector
+    differs from the stained tube's (:func:`misfit_slopes`: per source, the FMO parent's partial slope minus the
+    stained parent's, read on its events below the cut): the FMO compensated with a matrix that does not fit it as
+    the stained tube's does (a detector whose gain drifted between the tubes scales the spillover into it), and the
+    gate placed again with that difference taken out of the FMO's events only would move its % by more than
+    ``uncertain_points`` points of the parent (``misfit_points``, :func:`misfit_impact`); the cut is not changed.
     A cut anchored on the product's unstained control for want of the gate's FMO is raised by the reference
     population's right skew inside the placement (``placement.place_fmo_anchored``'s ``skew_binding``, winner
     ``skew_carry``), so every check here judges the raised cut. Such a cut is judged on its own terms, not by
@@ -796,6 +802,50 @@ def without_residual(linear: Mapping[str, np.ndarray], marker: str, slopes: Mapp
     for source, slope in slopes.items():
         out -= slope * linear[source]
     return out
+
+
+def misfit_slopes(fmo_linear: Mapping[str, np.ndarray], stained_linear: Mapping[str, np.ndarray], marker: str,
+                  cut: float) -> dict[str, float]:
+    """The FMO's compensation misfit in ``marker``'s detector: source marker -> the FMO parent's partial slope
+    (every event negative there) minus the stained parent's (its events below ``cut``, compensated linear units), for
+    the sources testable in both (``tilpheno.spillover.residual_spillover``, whatever the slopes' size). About 0 when
+    both tubes were compensated alike (right, or wrong alike: one matrix, one error); ``-delta`` when the FMO's
+    spillover from that source is over-compensated by ``delta`` more than the stained tube's. Linear units of
+    ``marker`` per linear unit of the source."""
+    from tilpheno.spillover import residual_spillover
+
+    def read(linear: Mapping[str, np.ndarray], below: float) -> dict[str, float]:
+        table = residual_spillover(dict(linear), negative_cuts={marker: below}, targets=[marker])
+        return {str(r.source): float(r.slope) for r in table.itertuples(index=False)}
+
+    fmo, stained = read(fmo_linear, math.inf), read(stained_linear, cut)
+    return {source: fmo[source] - stained[source] for source in fmo if source in stained}
+
+
+def misfit_impact(population: str, marker: str, placement: pl.Placement, stained: np.ndarray,
+                  corrected: pl.Placement, slopes: Mapping[str, float], uncertain_points: float = 3.0,
+                  held: tuple[str, ...] = ()) -> pl.Placement:
+    """``placement`` with the compensation-misfit check (module docstring): ``misfit_points`` = the gate's % of the
+    ``stained`` parent (transformed units) at the cut placed again with the misfit ``slopes`` (:func:`misfit_slopes`)
+    taken out of the FMO's events only (``corrected``) minus its % as placed (signed, points of the parent); flagged
+    ``uncertain_threshold`` as :func:`residual_impact` (not when ``corrected`` is uncertain by its own checks)."""
+    cut, other = float(placement.diagnostics["threshold"]), float(corrected.diagnostics["threshold"])
+    points = (100.0 * (np.count_nonzero(stained > other) - np.count_nonzero(stained > cut)) / stained.size
+              if stained.size else float("nan"))
+    unsure = any(f.code == "uncertain_threshold" and needs_review(f) for f in corrected.flags)
+    d = {**placement.diagnostics, "misfit_points": points, "misfit_threshold": other}
+    if unsure or not abs(points) > uncertain_points:
+        return pl.Placement(placement.gate, placement.method, d, placement.flags)
+    sources = ", ".join(f"{source} {slope:+.3f}" for source, slope in slopes.items())
+    message = (f"its FMO's spillover into {marker} differs from the stained tube's (partial slope per unit of "
+               f"{sources}, FMO minus stained): the FMO was compensated as the stained tube was not (a detector's "
+               f"gain drifted between the tubes?); with the difference taken out of the FMO the gate would move the % "
+               + (f"{'up' if points > 0 else 'down'} by {_points(abs(points), uncertain_points, held)} of the parent"
+                  if held else f"by {points:+.1f} points of the parent")
+               + f" (limit {uncertain_points:g}); compare the {marker} vs {'/'.join(slopes)} plots of the FMO and the "
+               f"stained tube")
+    flags = _joined_uncertain(placement.flags, population, marker, message)
+    return pl.Placement(placement.gate, placement.method, d, tuple(replace(f, gate=population) for f in flags))
 
 
 def residual_impact(population: str, marker: str, placement: pl.Placement, stained: np.ndarray,
