@@ -1049,8 +1049,10 @@ def test_the_misfit_slopes_are_the_fmos_residual_beyond_the_stained_tubes():
     """Stop 63: ``checks.misfit_slopes`` = the FMO parent's partial slope into the marker minus the stained parent's
     (its events below the cut). An FMO whose PD1 detector lost 2 % of CD3's FITC to over-compensation (a PE gain 0.9
     with the stained tube's matrix), a stained tube compensated right, with 20 % PD1+ cells above the cut: -0.02
-    (+-0.004); the same residual in both tubes (one matrix, one error) is no misfit (|.| < 0.004)."""
-    from tilpheno.gates.checks import misfit_slopes
+    (+-0.004); the same residual in both tubes (one matrix, one error) is no misfit: read as 0 (|.| < 0.004) where
+    the stained parent's dim positives below the cut lean it (beyond the slopes' sampling error, so returned), and
+    nothing returned (the screen, stop 63 misfit2) where the two tubes differ by sampling alone (no positives)."""
+    from tilpheno.gates.checks import misfit_slopes, partial_slopes
 
     rng = np.random.default_rng(212899)
     n = 20_000
@@ -1061,10 +1063,11 @@ def test_the_misfit_slopes_are_the_fmos_residual_beyond_the_stained_tubes():
         pd1 = np.where(rng.random(n) < positives, rng.lognormal(np.log(2600.0), 0.5, n), pd1)
         return {"CD3": cd3, "PD1": pd1}
 
-    drifted = misfit_slopes(tube(-0.02, 0.0), tube(0.0, 0.2), "PD1", 600.0)
+    drifted = misfit_slopes(partial_slopes(tube(-0.02, 0.0), "PD1", np.inf), tube(0.0, 0.2), "PD1", 600.0)
     assert set(drifted) == {"CD3"} and drifted["CD3"] == pytest.approx(-0.02, abs=0.004), drifted
-    alike = misfit_slopes(tube(0.05, 0.0), tube(0.05, 0.2), "PD1", 900.0)
+    alike = misfit_slopes(partial_slopes(tube(0.05, 0.0), "PD1", np.inf), tube(0.05, 0.2), "PD1", 900.0)
     assert abs(alike["CD3"]) < 0.004, alike
+    assert misfit_slopes(partial_slopes(tube(0.05, 0.0), "PD1", np.inf), tube(0.05, 0.0), "PD1", 900.0) == {}
 
 
 @pytest.mark.slow

@@ -1540,10 +1540,10 @@ class _TubeKindRun:
         # only the parent's events the slopes are read on (every k-th beyond RESIDUAL_MAX_EVENTS,
         # residual_events) are taken back to linear units: the same events, the same slopes
         parent = np.flatnonzero(fmo.parent_mask(pop))
-        fmo_linear = linear(fmo, parent[residual_events(parent.size)])
-        slopes = checks.residual_slopes(fmo_linear, marker)
+        fmo_read = checks.partial_slopes(linear(fmo, parent[residual_events(parent.size)]), marker, math.inf)
+        slopes = checks.flagged_slopes(fmo_read)
         if not slopes:
-            return self._misfit_check(pop, fmo, stained, placement, call, skew_reference, fmo_linear, linear)
+            return self._misfit_check(pop, fmo, stained, placement, call, skew_reference, fmo_read, linear)
 
         def corrected(state: _Gated, mask: np.ndarray) -> np.ndarray:
             return transform.apply(checks.without_residual(linear(state, mask), marker, slopes))
@@ -1559,11 +1559,12 @@ class _TubeKindRun:
                                       other, evidence, slopes, held=call["held"], **limit)
 
     def _misfit_check(self, pop: Population, fmo: _Gated, stained: _Gated, placement: pl.Placement,
-                      call: dict[str, Any], skew_reference: str | None, fmo_linear: dict[str, np.ndarray],
+                      call: dict[str, Any], skew_reference: str | None, fmo_read: dict[str, tuple[float, float, bool]],
                       linear: Callable[[_Gated, np.ndarray], dict[str, np.ndarray]]) -> pl.Placement:
         """``placement`` with the compensation-misfit check (``checks.misfit_impact``, stop 63): the FMO parent's
-        partial slopes into the marker's detector (``fmo_linear``, the events the residual check read) minus the
-        stained parent's below the cut (``checks.misfit_slopes``), taken out of the FMO's events only (and its
+        partial slopes into the marker's detector (``fmo_read``, the residual check's ``checks.partial_slopes``) minus
+        the stained parent's below the cut (``checks.misfit_slopes``: none where the difference is within its
+        sampling error, the screen), taken out of the FMO's events only (and its
         ``skew_reference`` population's), the gate placed again. ``linear``: state, events -> marker -> compensated
         linear values (``_residual_check``'s)."""
         from tilpheno.spillover import residual_events
@@ -1572,7 +1573,7 @@ class _TubeKindRun:
         transform = fmo.tube.transforms[marker]
         below = float(transform.inverse(np.array([float(placement.diagnostics["threshold"])]))[0])
         parent = np.flatnonzero(stained.parent_mask(pop))
-        slopes = checks.misfit_slopes(fmo_linear, linear(stained, parent[residual_events(parent.size)]), marker, below)
+        slopes = checks.misfit_slopes(fmo_read, linear(stained, parent[residual_events(parent.size)]), marker, below)
         if not slopes:
             return placement
 

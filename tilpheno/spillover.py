@@ -549,13 +549,14 @@ def residual_spillover(
     named PE -> APC). About 0 when the compensation is right, ``+delta`` when the spillover
     coefficient is too small by ``delta`` (under-compensated: negatives lean up with the source),
     ``-delta`` when it is too large (over-compensated). ``shift = slope * lever``: the target
-    shift the source explains across its lever. A large under-compensation can lift the bright
+    shift the source explains across its lever; ``slope_se`` its least-squares standard error
+    (homoscedastic, the same regression). A large under-compensation can lift the bright
     negatives over the stained tube's cut; an FMO tube's omitted detector has no cut (every event
     is negative), so it still shows the pair, as it shows the pairs whose source is bright only on
     target-positive cells. ``flagged`` = ``|slope| > tolerance`` (default 0.04: 4 % of the
     source's signal left in, or taken out of, the target).
     At most ``max_events`` events per event set are used (every k-th: deterministic).
-    Columns ``source, target, n_negative, lever, shift, slope, flagged``.
+    Columns ``source, target, n_negative, lever, shift, slope, flagged, slope_se``.
     """
     cuts = dict(negative_cuts or {})
     names = list(compensated)
@@ -592,12 +593,23 @@ def residual_spillover(
                 continue
             design = np.column_stack([values[src][negative] for src in testable] + [np.ones(n_neg)])
             coef = np.linalg.lstsq(design, values[tgt][negative], rcond=None)[0]
-            for src, slope in zip(testable, coef):
+            se = _slope_standard_errors(design, values[tgt][negative], coef)
+            for src, slope, slope_se in zip(testable, coef, se):
                 if src in reported:
                     rows.append({"source": src, "target": tgt, "n_negative": n_neg, "lever": levers[src],
                                  "shift": float(slope) * levers[src], "slope": float(slope),
-                                 "flagged": bool(abs(slope) > tolerance)})
-    return pd.DataFrame(rows, columns=["source", "target", "n_negative", "lever", "shift", "slope", "flagged"])
+                                 "flagged": bool(abs(slope) > tolerance), "slope_se": float(slope_se)})
+    return pd.DataFrame(rows, columns=["source", "target", "n_negative", "lever", "shift", "slope", "flagged",
+                                       "slope_se"])
+
+
+def _slope_standard_errors(design: np.ndarray, y: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """The ordinary least-squares standard errors of ``coef`` (``y`` regressed on the columns of ``design``):
+    ``sqrt(s^2 diag((X'X)^-1))``, ``s^2`` the residual sum of squares over ``n - p`` (units of ``coef``)."""
+    n, p = design.shape
+    residual = y - design @ coef
+    s2 = float(residual @ residual) / max(n - p, 1)
+    return np.sqrt(s2 * np.clip(np.diag(np.linalg.pinv(design.T @ design)), 0.0, None))
 
 
 # --------------------------------------------------------------------------------------------

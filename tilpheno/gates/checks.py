@@ -789,10 +789,22 @@ def residual_slopes(fmo_linear: Mapping[str, np.ndarray], marker: str) -> dict[s
     The FMO lacks ``marker``'s antibody, so every event is negative there and a signal in its
     detector that follows another marker is spillover the matrix left in (a degraded tandem),
     not biology."""
+    return flagged_slopes(partial_slopes(fmo_linear, marker, math.inf))
+
+
+def partial_slopes(linear: Mapping[str, np.ndarray], marker: str, below: float) -> dict[str, tuple[float, float, bool]]:
+    """The partial slopes into ``marker``'s detector of its events below ``below`` (compensated linear units;
+    ``inf`` in an FMO's omitted detector): source marker -> (slope, its least-squares standard error, flagged
+    beyond the residual tolerance), ``tilpheno.spillover.residual_spillover``'s one regression."""
     from tilpheno.spillover import residual_spillover
 
-    table = residual_spillover(dict(fmo_linear), negative_cuts={marker: math.inf}, targets=[marker])
-    return {str(r.source): float(r.slope) for r in table.itertuples(index=False) if r.flagged}
+    table = residual_spillover(dict(linear), negative_cuts={marker: below}, targets=[marker])
+    return {str(r.source): (float(r.slope), float(r.slope_se), bool(r.flagged)) for r in table.itertuples(index=False)}
+
+
+def flagged_slopes(read: Mapping[str, tuple[float, float, bool]]) -> dict[str, float]:
+    """Source -> slope of the flagged sources of a :func:`partial_slopes` read."""
+    return {source: slope for source, (slope, _, flagged) in read.items() if flagged}
 
 
 def without_residual(linear: Mapping[str, np.ndarray], marker: str, slopes: Mapping[str, float]) -> np.ndarray:
@@ -804,22 +816,28 @@ def without_residual(linear: Mapping[str, np.ndarray], marker: str, slopes: Mapp
     return out
 
 
-def misfit_slopes(fmo_linear: Mapping[str, np.ndarray], stained_linear: Mapping[str, np.ndarray], marker: str,
-                  cut: float) -> dict[str, float]:
+def misfit_slopes(fmo: Mapping[str, tuple[float, float, bool]], stained_linear: Mapping[str, np.ndarray], marker: str,
+                  cut: float, level: float = 0.05) -> dict[str, float]:
     """The FMO's compensation misfit in ``marker``'s detector: source marker -> the FMO parent's partial slope
-    (every event negative there) minus the stained parent's (its events below ``cut``, compensated linear units), for
-    the sources testable in both (``tilpheno.spillover.residual_spillover``, whatever the slopes' size). About 0 when
-    both tubes were compensated alike (right, or wrong alike: one matrix, one error); ``-delta`` when the FMO's
+    (``fmo``: its :func:`partial_slopes` read, every event negative there) minus the stained parent's (its events
+    below ``cut``, compensated linear units), for the sources testable in both (whatever the slopes' size). About 0
+    when both tubes were compensated alike (right, or wrong alike: one matrix, one error); ``-delta`` when the FMO's
     spillover from that source is over-compensated by ``delta`` more than the stained tube's. Linear units of
-    ``marker`` per linear unit of the source."""
-    from tilpheno.spillover import residual_spillover
+    ``marker`` per linear unit of the source.
 
-    def read(linear: Mapping[str, np.ndarray], below: float) -> dict[str, float]:
-        table = residual_spillover(dict(linear), negative_cuts={marker: below}, targets=[marker])
-        return {str(r.source): float(r.slope) for r in table.itertuples(index=False)}
+    Empty (no misfit to take out) unless it exceeds its own sampling error: some source's difference is beyond
+    ``z`` times its standard error (the two tubes' least-squares standard errors of the partial slope, independent
+    tubes: ``sqrt(se_fmo^2 + se_stained^2)``), ``z`` the two-sided normal quantile at ``level`` (5 %) shared by the
+    ``k`` sources (Bonferroni: ``level / k`` each). The screen of the check's second placement (stop 63, misfit2)."""
+    from statistics import NormalDist
 
-    fmo, stained = read(fmo_linear, math.inf), read(stained_linear, cut)
-    return {source: fmo[source] - stained[source] for source in fmo if source in stained}
+    stained = partial_slopes(stained_linear, marker, cut)
+    common = [source for source in fmo if source in stained]
+    if not common:
+        return {}
+    z = NormalDist().inv_cdf(1.0 - level / (2 * len(common)))
+    beyond = any(abs(fmo[s][0] - stained[s][0]) > z * math.hypot(fmo[s][1], stained[s][1]) for s in common)
+    return {source: fmo[source][0] - stained[source][0] for source in common} if beyond else {}
 
 
 def misfit_impact(population: str, marker: str, placement: pl.Placement, stained: np.ndarray,
