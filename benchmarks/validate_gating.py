@@ -44,7 +44,8 @@ main's gating and the check: drawn 212061-212120, ``--set fmo_gain_pe=0.9-1.1`` 
 run), 210001-210180 and 210541-210900 (stop 63's heavy-PD1 false-alarm blocks of heavyfa_63, every FMO, captured on main and
 replayed: heavy PD1 binding set as above 210001-210180 (development) and 210541-210720 (fresh), drawn 210721-210840, ``--set
 cd56_binding=150-300 --set cd56_binding_sd=0.6-0.8`` 210841-210900), 213001-213020 (stop 63's check that contention_63's
-memory-traffic cuts leave errors.csv as it was, drawn), 208001-208600 (stop 63's held-out blocks, at its start (42f2dff) and
+memory-traffic cuts leave errors.csv as it was, drawn), 214001-214060 (stop 63's misfit2_63: before/after of the misfit check's
+screen, drawn), 208001-208600 (stop 63's held-out blocks, at its start (42f2dff) and
 again at its end: drawn 208001-208060, 208481-208540 and 208541-208600, ``--set pd1_binding=150-300 --set
 pd1_binding_sd=0.6-0.8`` 208061-208120 and 208301-208360, ``--set cd56_binding=150-300 --set cd56_binding_sd=0.6-0.8``
 208121-208180; without the PD1 and FoxP3 FMOs drawn 208181-208240; without the CD56 FMO and CD56 binding set
