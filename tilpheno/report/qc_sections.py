@@ -32,7 +32,9 @@ RESIDUAL_METHOD = (
     f"(a source with a lever below {RESIDUAL_MIN_LEVER:g} is not tested); slope = the source's partial coefficient "
     "(target units per source unit; about 0 when the matrix is right, negative = over-, positive = under-compensated); "
     f"shift = slope × lever, the target shift the source explains; flagged = |slope| > {RESIDUAL_TOLERANCE:g}, "
-    "which raises compensation_residual.")
+    "which raises compensation_residual; slope_se = the slope's ordinary least-squares standard error (residual "
+    "variance over n - p, same units as slope; the compensation-misfit check compares an FMO's slope with its "
+    "stained tube's against it).")
 ACQUISITION_COLUMNS = ("file", "tube", "mode", "time channel", "events", "% anomalous", "removed", "drift channels",
                        "flags")
 
@@ -115,7 +117,7 @@ def compensation_sections(ctx):
         if residual is not None and len(residual):
             shown = residual.reindex(residual["slope"].abs().sort_values(ascending=False).index)
             tables.append(Table(f"residual-{t.tube}", tuple(map(str, shown.columns)),
-                                tuple(tuple(fmt(v, 3 if c == "slope" else 2) for c, v in zip(shown.columns, r))
+                                tuple(tuple(fmt(v, 3 if c == "slope" else 4 if c == "slope_se" else 2) for c, v in zip(shown.columns, r))
                                       for r in shown.itertuples(index=False)), RESIDUAL_METHOD))
         out.append(Section(f"compensation-{t.tube}", f"Compensation: {t.tube} tube",
                            intro + f"Density plots: the {len(figures)} largest spillover pairs among the tube's markers.",
