@@ -852,18 +852,12 @@ def misfit_impact(population: str, marker: str, placement: pl.Placement, stained
               if stained.size else float("nan"))
     unsure = any(f.code == "uncertain_threshold" and needs_review(f) for f in corrected.flags)
     d = {**placement.diagnostics, "misfit_points": points, "misfit_threshold": other}
-    if unsure or not abs(points) > uncertain_points:
-        return pl.Placement(placement.gate, placement.method, d, placement.flags)
     sources = ", ".join(f"{source} {slope:+.3f}" for source, slope in slopes.items())
-    message = (f"its FMO's spillover into {marker} differs from the stained tube's (partial slope per unit of "
-               f"{sources}, FMO minus stained): the FMO was compensated as the stained tube was not (a detector's "
-               f"gain drifted between the tubes?); with the difference taken out of the FMO the gate would move the % "
-               + (f"{'up' if points > 0 else 'down'} by {_points(abs(points), uncertain_points, held)} of the parent"
-                  if held else f"by {points:+.1f} points of the parent")
-               + f" (limit {uncertain_points:g}); compare the {marker} vs {'/'.join(slopes)} plots of the FMO and the "
-               f"stained tube")
-    flags = _joined_uncertain(placement.flags, population, marker, message)
-    return pl.Placement(placement.gate, placement.method, d, tuple(replace(f, gate=population) for f in flags))
+    return _flagged_move(population, marker, placement, d, points, unsure, uncertain_points, held,
+                         f"its FMO's spillover into {marker} differs from the stained tube's (partial slope per unit of "
+                         f"{sources}, FMO minus stained): the FMO was compensated as the stained tube was not (a "
+                         f"detector's gain drifted between the tubes?); with the difference taken out of the FMO",
+                         f"compare the {marker} vs {'/'.join(slopes)} plots of the FMO and the stained tube")
 
 
 def residual_impact(population: str, marker: str, placement: pl.Placement, stained: np.ndarray,
@@ -883,17 +877,27 @@ def residual_impact(population: str, marker: str, placement: pl.Placement, stain
     # a re-placed cut that its own checks call uncertain measures no move of the spillover's
     unsure = any(f.code == "uncertain_threshold" and needs_review(f) for f in corrected.flags)
     d = {**placement.diagnostics, "residual_points": points, "residual_threshold": other, "residual_uncertain": unsure}
-    if unsure or not abs(points) > uncertain_points:
-        return pl.Placement(placement.gate, placement.method, d, placement.flags)
     sources = ", ".join(f"{source} {slope:+.3f}" for source, slope in slopes.items())
-    message = (f"its FMO shows spillover into {marker} that the compensation left in (partial slope per unit of "
-               f"{sources}); with it taken out of both tubes the gate would move the % "
-               + (f"{'up' if points > 0 else 'down'} by {_points(abs(points), uncertain_points, held)} of the parent"
-                  if held else f"by {points:+.1f} points of the parent")
-               + f" (limit {uncertain_points:g}); check the compensation (a degraded tandem?) and the {marker} vs "
-               f"{'/'.join(slopes)} plot of the FMO")
+    return _flagged_move(population, marker, placement, d, points, unsure, uncertain_points, held,
+                         f"its FMO shows spillover into {marker} that the compensation left in (partial slope per unit "
+                         f"of {sources}); with it taken out of both tubes",
+                         f"check the compensation (a degraded tandem?) and the {marker} vs {'/'.join(slopes)} plot of "
+                         f"the FMO")
+
+
+def _flagged_move(population: str, marker: str, placement: pl.Placement, diagnostics: dict[str, Any], points: float,
+                  unsure: bool, uncertain_points: float, held: tuple[str, ...], why: str, look: str) -> pl.Placement:
+    """``placement`` with ``diagnostics`` and, where the gate placed again would move its % by more than
+    ``uncertain_points`` points of the parent (``points``, signed) and that placement is not ``unsure`` by its own
+    checks, ``uncertain_threshold`` saying ``why`` (what was taken out), the move and where to ``look``
+    (:func:`residual_impact`, :func:`misfit_impact`)."""
+    if unsure or not abs(points) > uncertain_points:
+        return pl.Placement(placement.gate, placement.method, diagnostics, placement.flags)
+    move = (f"{'up' if points > 0 else 'down'} by {_points(abs(points), uncertain_points, held)} of the parent"
+            if held else f"by {points:+.1f} points of the parent")
+    message = f"{why} the gate would move the % {move} (limit {uncertain_points:g}); {look}"
     flags = _joined_uncertain(placement.flags, population, marker, message)
-    return pl.Placement(placement.gate, placement.method, d, tuple(replace(f, gate=population) for f in flags))
+    return pl.Placement(placement.gate, placement.method, diagnostics, tuple(replace(f, gate=population) for f in flags))
 
 
 def _joined_uncertain(flags: tuple[pl.Flag, ...], population: str, marker: str, message: str) -> tuple[pl.Flag, ...]:
