@@ -9,6 +9,8 @@ a PD1 variable more than 3 points off must carry a review flag on its gate, and 
 on the non-T lymphocytes (``skew_reference``) must bring it within 3.5 points (round 4: 2.1 points
 off; round 5, the whole additive model read on the non-T lymphocytes: CD8+PD1+ 3.2 off, flagged).
 """
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -872,7 +874,7 @@ def test_the_residual_slopes_read_on_the_subsample_equal_those_on_every_event():
     slopes are read on (``spillover.residual_events``: every k-th beyond ``RESIDUAL_MAX_EVENTS``),
     not the whole parent (200,000-event tubes: about 6 % of a run's CPU): the slopes must be those
     of every event passed. An FMO parent of 90,000 events whose CD56 carries 8 % of CD8's signal."""
-    from tilpheno.gates.checks import residual_slopes
+    from tilpheno.gates.checks import partial_slopes, residual_slopes
     from tilpheno.spillover import RESIDUAL_MAX_EVENTS, residual_events
 
     rng = np.random.default_rng(42)
@@ -882,8 +884,8 @@ def test_the_residual_slopes_read_on_the_subsample_equal_those_on_every_event():
     cd4 = np.where(rng.random(n) < 0.5, rng.lognormal(8.0, 0.4, n), rng.normal(40, 60, n))
     linear = {"CD8": cd8, "CD4": cd4, "CD56": rng.normal(80, 70, n) + 0.08 * cd8}
     index = residual_events(n)
-    on_all = residual_slopes(linear, "CD56")
-    on_subsample = residual_slopes({m: v[index] for m, v in linear.items()}, "CD56")
+    on_all = residual_slopes(partial_slopes(linear, "CD56", math.inf))
+    on_subsample = residual_slopes(partial_slopes({m: v[index] for m, v in linear.items()}, "CD56", math.inf))
     assert set(on_all) == {"CD8"} and abs(on_all["CD8"] - 0.08) < 0.01, on_all
     assert on_subsample == on_all
 

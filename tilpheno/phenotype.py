@@ -1522,7 +1522,7 @@ class _TubeKindRun:
                         call: dict[str, Any], skew_reference: str | None) -> pl.Placement:
         """``placement`` of ``fmo`` population ``pop`` with the residual-spillover check
         (``checks.residual_impact``): the FMO's residual spillover into the marker's detector read on
-        the FMO parent's events (``checks.residual_slopes``, the strategy's markers both files have);
+        the FMO parent's events (``checks.partial_slopes``, ``checks.residual_slopes``, the strategy's markers both files have);
         when some is flagged, the gate placed again (``call``: the placement's arguments) with it
         taken out of the marker in both files (and in the ``skew_reference`` population's events),
         and judged against the gate's own ``uncertain_points`` when the strategy sets one."""
@@ -1541,7 +1541,7 @@ class _TubeKindRun:
         # residual_events) are taken back to linear units: the same events, the same slopes
         parent = np.flatnonzero(fmo.parent_mask(pop))
         fmo_read = checks.partial_slopes(linear(fmo, parent[residual_events(parent.size)]), marker, math.inf)
-        slopes = checks.flagged_slopes(fmo_read)
+        slopes = checks.residual_slopes(fmo_read)
         if not slopes:
             return self._misfit_check(pop, fmo, stained, placement, call, skew_reference, fmo_read, linear)
 

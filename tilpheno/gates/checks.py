@@ -781,17 +781,6 @@ def place_and_check(
     return pl.Placement(placement.gate, placement.method, d, tuple(replace(f, gate=population) for f in flags))
 
 
-def residual_slopes(fmo_linear: Mapping[str, np.ndarray], marker: str) -> dict[str, float]:
-    """Residual spillover into ``marker``'s detector read on its FMO control: the flagged partial
-    slopes (``tilpheno.spillover.residual_spillover``, |slope| above its tolerance) of the other
-    markers, source marker -> slope (linear units of ``marker`` per linear unit of the source).
-    ``fmo_linear``: marker -> the FMO parent's compensated linear values (the same events in each).
-    The FMO lacks ``marker``'s antibody, so every event is negative there and a signal in its
-    detector that follows another marker is spillover the matrix left in (a degraded tandem),
-    not biology."""
-    return flagged_slopes(partial_slopes(fmo_linear, marker, math.inf))
-
-
 def partial_slopes(linear: Mapping[str, np.ndarray], marker: str, below: float) -> dict[str, tuple[float, float, bool]]:
     """The partial slopes into ``marker``'s detector of its events below ``below`` (compensated linear units;
     ``inf`` in an FMO's omitted detector): source marker -> (slope, its least-squares standard error, flagged
@@ -802,9 +791,13 @@ def partial_slopes(linear: Mapping[str, np.ndarray], marker: str, below: float) 
     return {str(r.source): (float(r.slope), float(r.slope_se), bool(r.flagged)) for r in table.itertuples(index=False)}
 
 
-def flagged_slopes(read: Mapping[str, tuple[float, float, bool]]) -> dict[str, float]:
-    """Source -> slope of the flagged sources of a :func:`partial_slopes` read."""
-    return {source: slope for source, (slope, _, flagged) in read.items() if flagged}
+def residual_slopes(fmo_read: Mapping[str, tuple[float, float, bool]]) -> dict[str, float]:
+    """Residual spillover into a marker's detector read on its FMO control: the flagged partial slopes
+    (|slope| above the residual tolerance) of ``fmo_read``, the FMO parent's :func:`partial_slopes` with
+    ``below`` = inf, source marker -> slope (linear units of the marker per linear unit of the source).
+    The FMO lacks the marker's antibody, so every event is negative there and a signal in its detector
+    that follows another marker is spillover the matrix left in (a degraded tandem), not biology."""
+    return {source: slope for source, (slope, _, flagged) in fmo_read.items() if flagged}
 
 
 def without_residual(linear: Mapping[str, np.ndarray], marker: str, slopes: Mapping[str, float]) -> np.ndarray:
