@@ -97,12 +97,12 @@ class Phenomena:
             out["phen_fmo_events"] = self.fmo_events
         return out
 
-    def acquisition_spillover(self) -> np.ndarray | None:
+    def acquisition_spillover(self) -> np.ndarray:
         """The spillover matrix the product's tubes are acquired with (``instrument.SPILLOVER_MATRIX``
-        plus ``spill_error``, fractions of the fluorochrome's signal); None without a compensation error
-        (the instrument's own matrix, its arithmetic untouched)."""
+        plus ``spill_error``, fractions of the fluorochrome's signal); without a compensation error the
+        instrument's own matrix itself (its arithmetic untouched)."""
         if not self.spill_error:
-            return None
+            return ins.SPILLOVER_MATRIX
         matrix = ins.SPILLOVER_MATRIX.copy()
         for (source, detector), error in self.spill_error.items():
             matrix[ins.FLUOROCHROMES.index(source), ins.DETECTORS.index(detector)] += error

@@ -340,9 +340,8 @@ def simulate_tube(
         np.concatenate([ssc_h[:n_cells], d_ssc_h, _heights(deb_ssc, 0.85, 0.08, rng)]),
     ])
     scatter = np.clip(scatter + 150.0 * rng.standard_normal(scatter.shape), 0.0, ins.SATURATION)
-    acquisition = phen.acquisition_spillover() if phen is not None else None
-    fluor = ins.detect(amounts_all, af_all, rng, ins.SPILLOVER_MATRIX if acquisition is None else acquisition,
-                       phen.detector_gain(spec.role) if phen is not None else None)
+    fluor = (ins.detect(amounts_all, af_all, rng) if phen is None else
+             ins.detect(amounts_all, af_all, rng, phen.acquisition_spillover(), phen.detector_gain(spec.role)))
 
     # Acquisition order is random; Time in $TIMESTEP units at ~2,500 events/s.
     order = rng.permutation(n_events)
